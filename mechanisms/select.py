@@ -79,7 +79,7 @@ def candidate_sets(public_logits: np.ndarray, cfg: DecodingConfig) -> tuple[np.n
     if cfg.mechanism != "em":
         ids = np.argpartition(-public_logits, k - 1, axis=1)[:, :k]
         return np.sort(ids, axis=1), np.ones((g, k), dtype=bool)
-    kth = -np.partition(-public_logits, k - 1, axis=1)[:, k - 1]
+    kth = np.partition(public_logits, v - k, axis=1)[:, v - k]
     member = public_logits >= (kth - 2.0 * cfg.clip)[:, None]
     sizes = member.sum(axis=1)
     width = int(sizes.max())

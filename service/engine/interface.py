@@ -1,0 +1,124 @@
+"""The engine interface: backends decode groups in lock step; a Selector chooses the tokens.
+
+A backend (transformers, vLLM) turns prompts into raw next-token logits and appends tokens; it
+never chooses a token itself and never lets a per-row logit, log-probability or text out of the
+engine-to-selector call. Each step, every active group's rows hand the selector one block:
+their private rows' logits and their public row's logits; the selector returns one token per
+group, and the backend appends it to every row of that group.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+FinishReason = Literal["eos", "length", "stop", "halted", "out_of_step"]
+
+
+@dataclass(frozen=True)
+class GroupRequest:
+    """One group: its private rows' prompts and its public row's prompt, as token ids.
+
+    max_tokens and stop strings are public limits. ignore_eos is for benchmarks only (decode
+    exactly max_tokens tokens so that runs compare equal work).
+    """
+
+    group_id: int
+    rows: tuple[tuple[int, ...], ...]
+    public: tuple[int, ...]
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) + 1
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What a finished group produced: the shared suffix, never anything per row."""
+
+    group_id: int
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason
+
+
+@dataclass
+class EngineStats:
+    """Counters a backend keeps (public quantities only: shapes and counts)."""
+
+    prompt_tokens: int = 0  # tokens fed to the model in prefill
+    decode_tokens: int = 0  # tokens fed to the model in decode steps (one per row per step)
+    steps: int = 0
+    groups_finished: int = 0
+    out_of_step: int = 0  # groups ended unaggregated because their rows disagreed on the step
+    max_batch_rows_seen: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Selector(Protocol):
+    """Chooses one token per group from a step's logits (mechanisms' batched selection)."""
+
+    def select(
+        self,
+        group_ids: Sequence[int],
+        private_logits: np.ndarray,  # (R, V) float32, the rows of group i contiguous, in order
+        group_sizes: np.ndarray,  # (G,) private rows per group
+        public_logits: np.ndarray,  # (G, V) float32
+    ) -> np.ndarray:  # (G,) token ids
+        ...
+
+    def halted(self, group_id: int) -> bool:
+        """True when the mechanism must not select again for this group (e.g. a gate's cap)."""
+        ...
+
+    def release(self, group_id: int) -> None:
+        """The group has finished; drop its state."""
+        ...
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+class Engine(abc.ABC):
+    """A backend: decodes many groups in one batch with continuous batching."""
+
+    name: str
+    model_path: str
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @abc.abstractmethod
+    def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
+        """Token ids of a one-turn chat prompt (the model's chat template when it has one),
+        followed by an optional assistant prefix."""
+
+    @abc.abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    @abc.abstractmethod
+    def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
+        """Decode groups in lock step, yielding each as it finishes. Waiting groups join
+        between steps as finished ones leave; at most max_batch_rows rows decode at once."""
+
+    @abc.abstractmethod
+    def run_raw(self, groups: Iterable[GroupRequest], seed: int = 0, max_batch_rows: int = 160) -> int:
+        """Benchmark baseline: the same rows, each sampling its own tokens (no mechanism, no
+        lock step); returns only the number of tokens generated, never the tokens."""
+
+    @property
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...

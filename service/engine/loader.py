@@ -1,0 +1,49 @@
+"""Choosing and constructing a backend by name (the loader of interface / builtin / loader).
+
+Backends are imported lazily, so naming one that is not installed fails with an install hint
+rather than at import time, and `available()` tells the contract tests what to run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+from .interface import Engine
+from .model_files import resolve_model
+
+
+def _transformers(model_path: str, **kw) -> Engine:
+    from .transformers_backend import TransformersEngine
+
+    return TransformersEngine(model_path, **kw)
+
+
+BACKENDS: dict[str, tuple[str, Callable[..., Engine], str]] = {
+    # name: (module that must be importable, factory, install hint)
+    "transformers": ("transformers", _transformers, "pip install -e '.[engine]'"),
+}
+
+
+def available() -> list[str]:
+    return [name for name, (module, _, _) in BACKENDS.items() if importlib.util.find_spec(module) is not None]
+
+
+def resolve_backend(name: str) -> str:
+    """'auto' picks the first installed backend in order of preference; others are checked."""
+    if name == "auto":
+        found = available()
+        if not found:
+            raise ValueError(f"engine: no backend installed; install one with {BACKENDS['transformers'][2]}")
+        return found[0]
+    if name not in BACKENDS:
+        raise ValueError(f"engine must be one of auto, {', '.join(BACKENDS)}, got {name!r}")
+    if name not in available():
+        raise ValueError(f"engine {name!r} is not installed: {BACKENDS[name][2]}")
+    return name
+
+
+def load_engine(name: str = "auto", model: str | None = None, progress: Callable[[str], None] | None = None, **kw) -> Engine:
+    """The engine `name` on `model` (a local folder, or None for the embedded default)."""
+    backend = resolve_backend(name)
+    return BACKENDS[backend][1](str(resolve_model(model, progress=progress)), **kw)

@@ -1,0 +1,360 @@
+"""The reference backend: Hugging Face transformers, CPU or CUDA, with continuous batching.
+
+One batch holds the rows of every active group (each group's private rows, then its public
+row), left-padded, with one KV cache (DynamicCache) reused across steps: a prompt is prefilled
+once and every later step feeds one token per row. Groups join between steps (prefilled
+together, then merged into the batch by left-padding the shorter cache) and leave as they
+finish (their rows are dropped from the cache, and columns that became padding for every row
+are trimmed). Positions come from each row's own count of real tokens, so padding never shifts
+a row's positions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .interface import Engine, EngineError, EngineStats, GroupRequest, GroupResult, Selector
+from .model_files import load_model_and_tokenizer
+
+
+def default_threads() -> int:
+    """Threads for a CPU engine: PRIVTEXT_THREADS, else the cores this process may run on."""
+    env = os.environ.get("PRIVTEXT_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class _Active:
+    req: GroupRequest
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return len(self.tokens)
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, model_path: str, device: str | None = None, threads: int | None = None, prefill_tokens: int = 4096):
+        import torch
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(threads or default_threads())
+        self.device = device
+        self.model_path = str(model_path)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path, device=device)
+        self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
+        self._stats = EngineStats()
+        eos = self.model.config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        self._eos = frozenset(ids)
+        self._vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        self._warm_up()
+
+    # -- Engine API -----------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
+        tok = self.tokenizer
+        if tok.chat_template:
+            text = tok.apply_chat_template([{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True)
+            ids = tok(text + prefix, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(user_message + "\n" + prefix)["input_ids"]
+        return tuple(int(i) for i in ids)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
+        yield from self._loop(groups, max_batch_rows, selector=selector, rng=None)
+
+    def run_raw(self, groups: Iterable[GroupRequest], seed: int = 0, max_batch_rows: int = 160) -> int:
+        import torch
+
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        for _ in self._loop(groups, max_batch_rows, selector=None, rng=gen):
+            pass  # the rows' own tokens never leave: only their count
+        return self._raw_tokens
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """One tiny forward: the first forward of a process pays a one-time cost of seconds."""
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.tensor([[self.tokenizer.pad_token_id or 0] * 4], device=self.device)
+            self.model(input_ids=ids, logits_to_keep=1)
+
+    def _loop(self, groups: Iterable[GroupRequest], max_batch_rows: int, selector: Selector | None, rng) -> Iterator[GroupResult]:
+        import torch
+
+        if max_batch_rows < 2:
+            raise ValueError(f"max_batch_rows must be >= 2, got {max_batch_rows}")
+        waiting = deque()
+        source = iter(groups)
+        active: list[_Active] = []
+        batch = _Batch.empty(self.device)
+        self._raw_tokens = 0
+        row_tokens: torch.Tensor | None = None  # raw mode: each row's own next token
+
+        with torch.inference_mode():
+            while True:
+                # Admit waiting groups while their rows fit (at least one group if the batch is empty).
+                new: list[_Active] = []
+                rows_free = max_batch_rows - batch.rows
+                while True:
+                    if not waiting:
+                        nxt = next(source, None)
+                        if nxt is None:
+                            break
+                        self._validate(nxt)
+                        waiting.append(nxt)
+                    need = waiting[0].n_rows
+                    if need > max_batch_rows:
+                        raise EngineError(f"group {waiting[0].group_id} has {need} rows, over max_batch_rows {max_batch_rows}")
+                    if need > rows_free:
+                        break
+                    new.append(_Active(waiting.popleft()))
+                    rows_free -= need
+                if new:
+                    batch = batch.merge(self._prefill(new))
+                    active.extend(new)
+                if not active:
+                    return
+                self._stats.max_batch_rows_seen = max(self._stats.max_batch_rows_seen, batch.rows)
+
+                # Choose: one token per group (selector), or one per row (raw benchmark).
+                logits = batch.logits
+                if selector is None:
+                    probs = torch.softmax(logits, dim=-1)
+                    row_tokens = torch.multinomial(probs, 1, generator=rng).squeeze(1)
+                    chosen = None
+                else:
+                    chosen = self._select(active, batch, selector)
+
+                # Append, decide who stops, drop finished groups' rows.
+                keep_rows: list[int] = []
+                still: list[_Active] = []
+                start = 0
+                for gi, g in enumerate(active):
+                    n = g.req.n_rows
+                    if selector is None:
+                        tok = int(row_tokens[start + n - 1])
+                        self._raw_tokens += n
+                    else:
+                        tok = int(chosen[gi]) if chosen[gi] >= 0 else -1
+                    reason = None
+                    if tok < 0:
+                        reason = "out_of_step"
+                    else:
+                        g.tokens.append(tok)
+                        reason = self._stop_reason(g, selector)
+                    if reason is None:
+                        keep_rows.extend(range(start, start + n))
+                        still.append(g)
+                    else:
+                        if selector is not None:
+                            selector.release(g.req.group_id)
+                        self._stats.groups_finished += 1
+                        yield self._result(g, reason)
+                    start += n
+                if selector is None:
+                    next_ids = row_tokens
+                else:
+                    next_ids = torch.tensor(
+                        [t for gi, g in enumerate(active) for t in [int(chosen[gi])] * g.req.n_rows], device=self.device
+                    )
+                if len(keep_rows) < batch.rows:
+                    idx = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
+                    batch = batch.select(idx)
+                    next_ids = next_ids[idx]
+                active = still
+                if not active:
+                    batch = _Batch.empty(self.device)
+                    continue
+                batch = self._decode_step(batch, next_ids)
+
+    def _validate(self, req: GroupRequest) -> None:
+        if req.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {req.max_tokens}")
+        for r in (*req.rows, req.public):
+            if not r:
+                raise ValueError(f"group {req.group_id}: a row has an empty prompt")
+            if max(r) >= self._vocab or min(r) < 0:
+                raise ValueError(f"group {req.group_id}: token id outside the vocabulary of {self._vocab}")
+
+    def _select(self, active: list[_Active], batch: _Batch, selector: Selector) -> np.ndarray:
+        """Hand every group's block to the selector; -1 marks a group found out of step."""
+        steps = batch.steps
+        logits = batch.logits.float().cpu().numpy() if batch.logits.device.type != "cpu" else batch.logits.numpy()
+        private_idx: list[int] = []
+        public_idx: list[int] = []
+        sizes: list[int] = []
+        ids: list[int] = []
+        where: list[int] = []
+        out = np.full(len(active), -1, dtype=np.int64)
+        start = 0
+        for gi, g in enumerate(active):
+            n = g.req.n_rows
+            if not np.all(steps[start : start + n] == g.step):
+                self._stats.out_of_step += 1  # never aggregated: the group ends, counted
+            elif selector.halted(g.req.group_id):
+                raise EngineError(f"group {g.req.group_id} was asked to select after it halted")
+            else:
+                private_idx.extend(range(start, start + n - 1))
+                public_idx.append(start + n - 1)
+                sizes.append(n - 1)
+                ids.append(g.req.group_id)
+                where.append(gi)
+            start += n
+        if ids:
+            tokens = selector.select(ids, logits[private_idx], np.asarray(sizes), logits[public_idx])
+            out[where] = tokens
+        return out
+
+    def _stop_reason(self, g: _Active, selector: Selector | None) -> str | None:
+        tok = g.tokens[-1]
+        if tok in self._eos and not g.req.ignore_eos:
+            return "eos"
+        if g.req.stop and any(s in self.decode(g.tokens) for s in g.req.stop):
+            return "stop"
+        if g.step >= g.req.max_tokens:
+            return "length"
+        if selector is not None and selector.halted(g.req.group_id):
+            return "halted"
+        return None
+
+    def _result(self, g: _Active, reason: str) -> GroupResult:
+        tokens = list(g.tokens)
+        if reason == "eos":
+            tokens = tokens[:-1]
+        text = self.decode(tokens)
+        if reason == "stop":
+            cut = min(text.index(s) for s in g.req.stop if s in text)
+            text = text[:cut]
+        # a length cut can split a multi-byte character: drop the replacement character it leaves
+        return GroupResult(g.req.group_id, tuple(tokens), text.rstrip("\ufffd").strip(), reason)  # type: ignore[arg-type]
+
+    def _prefill(self, groups: list[_Active]) -> _Batch:
+        """Prefill the new groups' rows (in chunks of about prefill_tokens padded tokens)."""
+        import torch
+
+        prompts = [list(r) for g in groups for r in (*g.req.rows, g.req.public)]
+        parts: list[_Batch] = []
+        i = 0
+        while i < len(prompts):
+            j = i + 1
+            while j < len(prompts) and (j + 1 - i) * max(len(p) for p in prompts[i : j + 1]) <= self.prefill_tokens:
+                j += 1
+            chunk = prompts[i:j]
+            width = max(len(p) for p in chunk)
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._stats.prompt_tokens += sum(len(p) for p in chunk)
+            parts.append(_Batch(cache, mask, mask.sum(-1), out.logits[:, -1, :].float(), np.zeros(len(chunk), dtype=np.int64)))
+            i = j
+        merged = parts[0]
+        for p in parts[1:]:
+            merged = merged.merge(p)
+        return merged
+
+    def _decode_step(self, batch: _Batch, next_ids) -> _Batch:
+        import torch
+
+        mask = torch.cat([batch.mask, torch.ones((batch.rows, 1), dtype=batch.mask.dtype, device=self.device)], dim=1)
+        out = self.model(
+            input_ids=next_ids[:, None],
+            attention_mask=mask,
+            position_ids=batch.next_pos[:, None],
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        self._stats.decode_tokens += batch.rows
+        self._stats.steps += 1
+        return _Batch(batch.cache, mask, batch.next_pos + 1, out.logits[:, -1, :].float(), batch.steps + 1)
+
+
+@dataclass
+class _Batch:
+    """Rows decoding together: KV cache, attention mask (B, L), each row's next position, the
+    next-token logits (B, V) and each row's count of generated tokens (the lock-step check)."""
+
+    cache: object | None
+    mask: object | None
+    next_pos: object | None
+    logits: object | None
+    steps: np.ndarray
+
+    @classmethod
+    def empty(cls, device: str) -> _Batch:
+        return cls(None, None, None, None, np.zeros(0, dtype=np.int64))
+
+    @property
+    def rows(self) -> int:
+        return int(self.steps.shape[0])
+
+    def _layers(self) -> list[tuple]:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]  # type: ignore[union-attr]
+
+    def merge(self, other: _Batch) -> _Batch:
+        """Append other's rows, left-padding whichever cache is shorter."""
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        if self.rows == 0:
+            return other
+        la, lb = self.mask.shape[1], other.mask.shape[1]
+        width = max(la, lb)
+        layers = []
+        for (ka, va), (kb, vb) in zip(self._layers(), other._layers()):
+            ka, va = F.pad(ka, (0, 0, width - la, 0)), F.pad(va, (0, 0, width - la, 0))
+            kb, vb = F.pad(kb, (0, 0, width - lb, 0)), F.pad(vb, (0, 0, width - lb, 0))
+            layers.append((torch.cat([ka, kb]), torch.cat([va, vb])))
+        mask = torch.cat([F.pad(self.mask, (width - la, 0)), F.pad(other.mask, (width - lb, 0))])
+        cache = DynamicCache(ddp_cache_data=layers, config=None)
+        return _Batch(cache, mask, torch.cat([self.next_pos, other.next_pos]), torch.cat([self.logits, other.logits]), np.concatenate([self.steps, other.steps]))
+
+    def select(self, idx) -> _Batch:
+        """Keep rows idx; trim leading columns that are padding for every kept row."""
+        from transformers import DynamicCache
+
+        mask = self.mask[idx]
+        first = int((mask.sum(0) > 0).nonzero()[0]) if mask.numel() else 0
+        layers = [(k[idx][:, :, first:], v[idx][:, :, first:]) for k, v in self._layers()]
+        cache = DynamicCache(ddp_cache_data=layers, config=None)
+        return _Batch(cache, mask[:, first:], self.next_pos[idx], self.logits[idx], self.steps[idx.cpu().numpy()])

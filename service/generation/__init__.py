@@ -1,0 +1,1 @@
+"""Generation layer: corpus -> units -> rows -> groups -> prompts, and the decode loop."""

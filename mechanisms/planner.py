@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .accounting import (
@@ -62,6 +62,7 @@ class Plan:
     epsilon: float  # this plan's own events, at delta, by the accountant
     events: tuple[PrivacyEvent, ...]
     ledger_epsilon_after: float | None = None
+    strata: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> units, records, groups, rounds
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -84,6 +85,7 @@ def plan(
     units_source: UnitsSource = "declared-public",
     count_noise: float | None = None,
     ledger: Ledger | None = None,
+    strata: Mapping[str, tuple[int, int]] | None = None,
 ) -> Plan:
     """Plan a generation job.
 
@@ -93,6 +95,10 @@ def plan(
     epsilon: target for the whole plan (the config's clip or noise is solved to meet it); if
       None, `config` is used as given and its cost computed.
     ledger: if given, the plan must fit its remaining budget, or BudgetExceeded says what fits.
+    strata: label-conditioned generation, {label: (public unit count, records wanted)}. Each
+      unit belongs to one label, so labels hold disjoint units and compose in parallel: the
+      plan charges the largest number of rounds over labels. units and records must be the
+      sums. count_noise then stands for the DP label histogram (one release for all labels).
     """
     cfg = config or DecodingConfig()
     require(isinstance(records, int) and records >= 1, "records", "an integer >= 1", records)
@@ -103,9 +109,21 @@ def plan(
     if count_noise is not None and units_source != "dp-count":
         raise ValueError("count_noise needs units_source='dp-count' (a declared-public count costs nothing)")
 
-    groups = group_count(units, cfg.partitions, cfg.units_per_row)
-    rounds = rounds_needed(records, groups)
-    other = (count_event(count_noise),) if count_noise is not None else ()
+    detail: dict[str, dict[str, int]] = {}
+    if strata:
+        require(sum(n for n, _ in strata.values()) == units, "units", "the sum of the strata's unit counts", units)
+        require(sum(m for _, m in strata.values()) == records, "records", "the sum of the strata's records", records)
+        for label, (n, m) in sorted(strata.items()):
+            require(isinstance(m, int) and m >= 0, f"records[{label}]", "an integer >= 0", m)
+            g = group_count(n, cfg.partitions, cfg.units_per_row)
+            detail[label] = {"units": n, "records": m, "groups": g, "rounds": rounds_needed(m, g) if m else 0}
+        groups = sum(d["groups"] for d in detail.values())
+        rounds = max(d["rounds"] for d in detail.values())
+    else:
+        groups = group_count(units, cfg.partitions, cfg.units_per_row)
+        rounds = rounds_needed(records, groups)
+    what = "label histogram" if strata else "unit count"
+    other = (count_event(count_noise, what),) if count_noise is not None else ()
     if epsilon is not None:
         cfg = calibrate(cfg, epsilon, delta, max_tokens, rounds, other)
     events = (*other, *generation_events(cfg, max_tokens, rounds))
@@ -124,6 +142,7 @@ def plan(
         rho_total=sum(e.rho for e in events),
         epsilon=epsilon_of(events, delta),
         events=events,
+        strata=detail,
     )
     if ledger is None:
         return result

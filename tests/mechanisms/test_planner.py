@@ -73,3 +73,19 @@ def test_spent_budget_says_nothing_fits():
     ledger = ledger.charge(LedgerEntry("all", full.events))
     with pytest.raises(BudgetExceeded, match="nothing"):
         plan(units=5000, records=10, max_tokens=8, epsilon=0.1, delta=1e-6, ledger=ledger)
+
+
+def test_label_strata_compose_in_parallel():
+    """spam: 80 units -> 10 groups, 25 records -> 3 rounds; ham: 800 units -> 100 groups, 175
+    records -> 2 rounds. Disjoint units: the charge is the larger, 3 rounds."""
+    cfg = DecodingConfig(clip=0.5)
+    p = plan(units=880, records=200, max_tokens=16, delta=1e-6, config=cfg, strata={"spam": (80, 25), "ham": (800, 175)})
+    assert p.strata == {"ham": {"units": 800, "records": 175, "groups": 100, "rounds": 2}, "spam": {"units": 80, "records": 25, "groups": 10, "rounds": 3}}
+    assert p.rounds == 3 and p.groups_per_round == 110
+    alone = plan(units=80, records=25, max_tokens=16, delta=1e-6, config=cfg)
+    assert p.rho_total == pytest.approx(alone.rho_total)
+    with pytest.raises(ValueError, match="^records must be the sum"):
+        plan(units=880, records=199, max_tokens=16, delta=1e-6, config=cfg, strata={"spam": (80, 25), "ham": (800, 175)})
+    h = plan(units=880, records=200, max_tokens=16, delta=1e-6, epsilon=2.0, strata={"spam": (80, 25), "ham": (800, 175)},
+             units_source="dp-count", count_noise=8.0)
+    assert h.events[0].note.startswith("DP label histogram") and h.epsilon <= 2.0

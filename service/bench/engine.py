@@ -1,0 +1,374 @@
+"""`privtext bench engine`: private synthetic tokens/s against the engine's raw decoding tokens/s.
+
+One run, the same rows for both numbers: groups of N private rows + 1 public row, built from a
+real public corpus (the SMS Spam Collection). The raw baseline (`engine.run_raw`) lets every row
+sample its own token each step; the private run (`engine.run` with a MechanismSelector) emits one
+token per group each step. Both decode exactly max_tokens steps (ignore_eos), all groups in one
+batch, so they do the same model work and
+
+    efficiency = private_tokens_per_s * (N + 1) / raw_tokens_per_s
+
+is 1 when private decoding costs nothing beyond the forwards it shares with raw decoding (the
+issue's target: >= 0.8 at N = 8, 16 groups). Both runs prefill the same prompts, so efficiency is
+also raw seconds / private seconds. Runs alternate raw / private `repeats` times (raw, private,
+private, raw, ...: the first full-size run of a process tends to be the slowest) and the median of
+each is reported, so that noise from other processes hits both numbers alike; the default is one
+of each, since one default run (16 x 9 rows, 32 tokens) takes 60 to 100 s on 2 CPU cores. Each
+run records the share of the cores it got, the CPU seconds other processes used meanwhile (the
+table warns when a run was starved) and its minor page faults (on CPU the decode steps' cost
+swings with how much memory the allocator maps afresh, which differs from run to run).
+
+Phase timings (prefill, decode forwards, selection) come from timers wrapped around the engine's
+phases from the outside: the selector through a timing proxy (any backend), the prefill and
+decode-step methods of the transformers backend when it has them (otherwise reported as None).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+PRIVATE_PROMPT = "Here is an example of a text message:\n{text}\nWrite one more text message like it. Reply with the message only."
+PUBLIC_PROMPT = "Write one text message. Reply with the message only."
+DATASET = "sms-spam"
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    values = [int(x) for x in fields[:8]]
+    return (sum(values) - values[3] - values[4]) / ticks
+
+
+class TimedSelector:
+    """A Selector proxy that adds up the wall time of the inner selector's select calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+        self.calls = 0
+
+    def select(self, group_ids, private_logits, group_sizes, public_logits):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.select(group_ids, private_logits, group_sizes, public_logits)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+    def halted(self, group_id: int) -> bool:
+        return self.inner.halted(group_id)
+
+    def release(self, group_id: int) -> None:
+        self.inner.release(group_id)
+
+
+@contextlib.contextmanager
+def _phase_timers(engine, names: Sequence[str] = ("_prefill", "_decode_step")) -> Iterator[dict[str, float | None]]:
+    """Seconds spent in the engine's named phase methods, by shadowing them on the instance
+    (restored afterwards). A backend without one of them reports None for it."""
+    totals: dict[str, float | None] = {}
+    patched = []
+    for name in names:
+        fn = getattr(engine, name, None)
+        if fn is None or not callable(fn):
+            totals[name] = None
+            continue
+        totals[name] = 0.0
+
+        def timed(*a, _fn=fn, _name=name, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                totals[_name] += time.perf_counter() - t0  # type: ignore[operator]
+
+        setattr(engine, name, timed)
+        patched.append(name)
+    try:
+        yield totals
+    finally:
+        for name in patched:
+            with contextlib.suppress(AttributeError):
+                delattr(engine, name)
+
+
+def corpus_texts(partitions: int, groups: int, dataset: str = DATASET) -> list[str]:
+    """The corpus' first groups * partitions texts, in order."""
+    from service.data.packaged import load
+
+    texts = [r["text"] for r in load(dataset)][: groups * partitions]
+    if len(texts) < groups * partitions:
+        raise ValueError(f"groups * partitions must be at most {len(texts)} (texts in {dataset!r}), got {groups * partitions}")
+    return texts
+
+
+def build_groups(engine, partitions: int, groups: int, max_tokens: int, texts: Sequence[str] | None = None) -> list:
+    """groups GroupRequests of `partitions` private rows each (one text per row, see
+    corpus_texts) and the one public prompt; ignore_eos so every group decodes max_tokens."""
+    from ..engine.interface import GroupRequest
+
+    if texts is None:
+        texts = corpus_texts(partitions, groups)
+    public = engine.encode_chat(PUBLIC_PROMPT)
+    out = []
+    for g in range(groups):
+        rows = tuple(engine.encode_chat(PRIVATE_PROMPT.format(text=t)) for t in texts[g * partitions : (g + 1) * partitions])
+        out.append(GroupRequest(g, rows, public, max_tokens, ignore_eos=True))
+    return out
+
+
+def _check_args(partitions: int, groups: int, max_tokens: int, repeats: int) -> None:
+    for name, v in (("partitions", partitions), ("groups", groups), ("max_tokens", max_tokens), ("repeats", repeats)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+
+def bench_engine(
+    engine_name: str = "auto",
+    partitions: int = 8,
+    groups: int = 16,
+    max_tokens: int = 32,
+    mechanism: str = "em",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    repeats: int = 1,
+    order: tuple[str, str] = ("raw", "private"),
+    model: str | None = None,
+    engine=None,
+) -> dict:
+    """Raw and private tokens/s of one engine on the same rows; see the module docstring.
+
+    engine: an already loaded Engine to reuse (tests); otherwise `engine_name` is loaded."""
+    import torch
+
+    from mechanisms import DecodingConfig
+
+    from ..engine.loader import load_engine
+    from ..generation.selector import MechanismSelector
+
+    _check_args(partitions, groups, max_tokens, repeats)
+    if sorted(order) != ["private", "raw"]:
+        raise ValueError(f"order must be ('raw', 'private') or ('private', 'raw'), got {order!r}")
+    cfg = DecodingConfig(mechanism=mechanism, partitions=partitions, clip=1.0, top_k=64)
+    say = progress or (lambda _msg: None)
+    texts = corpus_texts(partitions, groups)
+
+    t0 = time.perf_counter()
+    if engine is None:
+        say(f"loading engine {engine_name!r}")
+        engine = load_engine(engine_name, model=model, progress=progress)
+    load_seconds = time.perf_counter() - t0
+    reqs = build_groups(engine, partitions, groups, max_tokens, texts)
+    rows = groups * (partitions + 1)
+    expected_raw = rows * max_tokens
+
+    def raw(requests, s):
+        return engine.run_raw(requests, seed=s, max_batch_rows=max(2, sum(r.n_rows for r in requests)))
+
+    def private(requests, s):
+        sel = TimedSelector(MechanismSelector(cfg, np.random.default_rng(s)))
+        results = list(engine.run(requests, sel, max_batch_rows=max(2, sum(r.n_rows for r in requests))))
+        return sum(len(r.token_ids) for r in results), sel, results
+
+    # Warm-up: every code path once, on a tiny batch (one group, two tokens).
+    t0 = time.perf_counter()
+    say("warm-up")
+    tiny = [dataclasses.replace(reqs[0], max_tokens=min(2, max_tokens))]
+    raw(tiny, seed)
+    private(tiny, seed)
+    warmup_seconds = time.perf_counter() - t0
+
+    runs: dict[str, list[dict]] = {"raw": [], "private": []}
+    for rep in range(repeats):
+        for kind in order if rep % 2 == 0 else order[::-1]:  # ABBA: neither kind always goes first
+            stats = engine.stats
+            prompt0, decode0, steps0 = stats.prompt_tokens, stats.decode_tokens, stats.steps
+            sel = None
+            ru0, cpu0, busy0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), _busy_cpu_seconds()
+            with _phase_timers(engine) as phases:
+                t0 = time.perf_counter()
+                if kind == "raw":
+                    tokens = raw(reqs, seed + rep)
+                else:
+                    tokens, sel, results = private(reqs, seed + rep)
+                seconds = time.perf_counter() - t0
+            cpu, ru1, busy1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF), _busy_cpu_seconds()
+            if kind == "raw" and tokens != expected_raw:
+                raise RuntimeError(f"raw run returned {tokens} tokens, expected {expected_raw}")
+            if kind == "private" and tokens != groups * max_tokens:
+                reasons = sorted({r.finish_reason for r in results})
+                raise RuntimeError(f"private run returned {tokens} tokens, expected {groups * max_tokens} (finish reasons {reasons})")
+            prefill, decode = phases["_prefill"], phases["_decode_step"]
+            run = {
+                "seconds": seconds,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds,
+                "prefill_seconds": prefill,
+                "decode_seconds": decode,
+                "selection_seconds": sel.seconds if sel is not None else 0.0,
+                "selection_calls": sel.calls if sel is not None else 0,
+                "prompt_tokens": stats.prompt_tokens - prompt0,
+                "decode_tokens": stats.decode_tokens - decode0,
+                "steps": stats.steps - steps0,
+                # this process' CPU time over (wall x threads): well under 1 means the run was
+                # starved (other processes on the cores) and its numbers are noise
+                "cpu_utilization": cpu / (seconds * torch.get_num_threads()),
+                "page_faults": ru1.ru_minflt - ru0.ru_minflt,
+                # CPU seconds other processes used on this machine meanwhile (None off Linux)
+                "others_cpu_seconds": None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu),
+            }
+            known = [x for x in (prefill, decode, run["selection_seconds"]) if x is not None]
+            run["other_seconds"] = seconds - sum(known) if prefill is not None and decode is not None else None
+            runs[kind].append(run)
+            say(f"  {kind:<7} run {rep + 1}/{repeats}: {seconds:6.2f} s, {tokens / seconds:8.1f} tokens/s, cpu {run['cpu_utilization']:.0%}, others {_s(run['others_cpu_seconds'], '.1f')} cpu s")
+
+    def med(kind: str, key: str):
+        vals = [r[key] for r in runs[kind]]
+        return None if any(v is None for v in vals) else float(statistics.median(vals))
+
+    raw_tps, priv_tps = med("raw", "tokens_per_s"), med("private", "tokens_per_s")
+    result = {
+        "benchmark": "engine",
+        "engine": engine.name,
+        "model": Path(engine.model_path).name,
+        "device": str(getattr(engine, "device", "unknown")),
+        "threads": torch.get_num_threads(),
+        "dataset": DATASET,
+        "mechanism": mechanism,
+        "partitions": partitions,
+        "groups": groups,
+        "max_tokens": max_tokens,
+        "batch_rows": rows,
+        "repeats": repeats,
+        "raw_tokens": expected_raw,
+        "private_tokens": groups * max_tokens,
+        "raw_tokens_per_s": raw_tps,
+        "private_tokens_per_s": priv_tps,
+        "efficiency": priv_tps * (partitions + 1) / raw_tps,
+        "raw_seconds": med("raw", "seconds"),
+        "private_seconds": med("private", "seconds"),
+        "prompt_tokens": runs["raw"][0]["prompt_tokens"],
+        "raw_prefill_seconds": med("raw", "prefill_seconds"),
+        "private_prefill_seconds": med("private", "prefill_seconds"),
+        "raw_decode_seconds": med("raw", "decode_seconds"),
+        "private_decode_seconds": med("private", "decode_seconds"),
+        "raw_page_faults": med("raw", "page_faults"),
+        "private_page_faults": med("private", "page_faults"),
+        "raw_cpu_utilization": med("raw", "cpu_utilization"),
+        "private_cpu_utilization": med("private", "cpu_utilization"),
+        "raw_other_seconds": med("raw", "other_seconds"),
+        "private_other_seconds": med("private", "other_seconds"),
+        "selection_seconds": med("private", "selection_seconds"),
+        "selection_ms_per_step": 1000.0 * med("private", "selection_seconds") / max_tokens,
+        "load_seconds": load_seconds,
+        "warmup_seconds": warmup_seconds,
+        "runs": runs,
+    }
+    # A stricter ratio: raw time counted as its model forwards only (prefill + decode steps),
+    # i.e. as if the baseline's own per-row sampling were free.
+    fwd = None if result["raw_prefill_seconds"] is None else result["raw_prefill_seconds"] + result["raw_decode_seconds"]
+    result["efficiency_vs_raw_forwards"] = None if fwd is None else fwd / result["private_seconds"]
+    p = result["raw_prefill_seconds"]
+    result["raw_prefill_share"] = None if p is None else p / result["raw_seconds"]
+    p = result["private_prefill_seconds"]
+    result["private_prefill_share"] = None if p is None else p / result["private_seconds"]
+    return result
+
+
+def _s(x: float | None, fmt: str = "8.2f") -> str:
+    return f"{'-':>8}" if x is None else format(x, fmt)
+
+
+def format_result(d: dict) -> str:
+    """A readable table: raw vs private side by side, then the efficiency."""
+    head = f"{'run':<8} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'prefill s':>9} {'decode s':>9} {'select s':>9} {'other s':>8} {'faults M':>8}"
+    lines = [
+        f"engine {d['engine']} on {d['device']} ({d['threads']} threads), model {d['model']}, mechanism {d['mechanism']}",
+        f"N={d['partitions']} partitions, {d['groups']} groups ({d['batch_rows']} rows in one batch), "
+        f"{d['max_tokens']} new tokens, {d['prompt_tokens']} prompt tokens, {d['dataset']}, median of {d['repeats']}",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for kind in ("raw", "private"):
+        sel = d["selection_seconds"] if kind == "private" else 0.0
+        lines.append(
+            f"{kind:<8} {d[f'{kind}_seconds']:>8.2f} {d[f'{kind}_tokens']:>7} {d[f'{kind}_tokens_per_s']:>9.1f} "
+            f"{_s(d[f'{kind}_prefill_seconds'], '9.2f')} {_s(d[f'{kind}_decode_seconds'], '9.2f')} {sel:>9.2f} {_s(d[f'{kind}_other_seconds'])} {_s(d[f'{kind}_page_faults'] / 1e6)}"
+        )
+    lines.append("")
+    lines.append(
+        f"efficiency = private tokens/s x (N+1) / raw tokens/s = {d['private_tokens_per_s']:.1f} x {d['partitions'] + 1} / "
+        f"{d['raw_tokens_per_s']:.1f} = {d['efficiency']:.3f}"
+    )
+    lines.append(f"selection: {d['selection_ms_per_step']:.1f} ms per step ({d['groups']} groups)")
+    if d.get("efficiency_vs_raw_forwards") is not None:
+        lines.append(f"efficiency against the raw run's model forwards only (its sampling free): {d['efficiency_vs_raw_forwards']:.3f}")
+    if d.get("raw_prefill_share") is not None:
+        lines.append(f"prefill share: raw {d['raw_prefill_share']:.0%}, private {d['private_prefill_share']:.0%}")
+        lines.append("other = the decoding loop outside forwards and selection (raw: each row's softmax + multinomial);")
+        lines.append("faults M = minor page faults (millions): memory the allocator had to map afresh during the run")
+    for kind in ("raw", "private"):
+        util = d.get(f"{kind}_cpu_utilization")
+        if util is not None and util < 0.85:
+            others = [r["others_cpu_seconds"] for r in d["runs"][kind]]
+            lines.append(f"warning: the {kind} run had {util:.0%} of {d['threads']} cores (other processes used {others} cpu s): noisy, rerun")
+    return "\n".join(lines)
+
+
+def cmd(a) -> int:
+    """`privtext bench engine`: print the table, and write --json when given."""
+    import json
+    import sys
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    d = bench_engine(
+        engine_name=a.engine,
+        partitions=a.partitions,
+        groups=a.groups,
+        max_tokens=a.max_tokens,
+        mechanism=getattr(a, "mechanism", "em"),
+        seed=getattr(a, "seed", 0),
+        progress=progress,
+        repeats=getattr(a, "repeats", 1),
+        model=getattr(a, "model", None),
+    )
+    print(format_result(d))
+    if getattr(a, "json", None):
+        Path(a.json).write_text(json.dumps(d, indent=2) + "\n")
+        print(f"wrote {a.json}", file=sys.stderr)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register `engine` on the `bench` subparsers object."""
+    from mechanisms import MECHANISMS
+
+    p = subparsers.add_parser("engine", help="private synthetic tokens/s against the engine's raw decoding tokens/s")
+    p.add_argument("--engine", default="auto", help="backend: auto or a backend name (default: auto)")
+    p.add_argument("--model", default=None, help="a local model folder (default: the embedded default model)")
+    p.add_argument("--partitions", type=int, default=8, help="N, private rows per group (default: 8)")
+    p.add_argument("--groups", type=int, default=16, help="groups decoded together in one batch (default: 16)")
+    p.add_argument("--max-tokens", type=int, default=32, help="new tokens per row, exactly (default: 32)")
+    p.add_argument("--mechanism", choices=MECHANISMS, default="em", help="private token selection (default: em)")
+    p.add_argument("--repeats", type=int, default=1, help="alternating raw/private runs; the median of each is reported (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=cmd)

@@ -1,0 +1,1 @@
+"""Jobs: plan, charge, run generation, persist results, report (shared by the CLI and the server)."""

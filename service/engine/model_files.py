@@ -317,7 +317,7 @@ def resolve_model(
 
 
 def load_model_and_tokenizer(
-    path: Path, device: str = "cpu"
+    path: Path, device: str = "cpu", attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a prepared folder: float32 model in eval mode, plus its tokenizer.
 
@@ -339,7 +339,7 @@ def load_model_and_tokenizer(
         tokenizer.pad_token = tokenizer.eos_token
 
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, local_files_only=True
+        path, dtype=torch.float32, local_files_only=True, attn_implementation=attn_implementation
     )
     model.to(device)
     model.eval()

@@ -56,7 +56,12 @@ class TransformersEngine(Engine):
             torch.set_num_threads(threads or default_threads())
         self.device = device
         self.model_path = str(model_path)
-        self.model, self.tokenizer = load_model_and_tokenizer(model_path, device=device)
+        attn = None
+        if device == "cpu":
+            from .attention import NAME
+
+            attn = NAME  # grouped-query attention with a padding mask, no KV-head copies
+        self.model, self.tokenizer = load_model_and_tokenizer(model_path, device=device, attn_implementation=attn)
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
         self._stats = EngineStats()
         self.tokens = ChatTokens(self.tokenizer, self.model.config.eos_token_id)
@@ -145,9 +150,10 @@ class TransformersEngine(Engine):
 
                 # Choose: one token per group (selector), or one per row (raw benchmark).
                 logits = batch.logits
-                if selector is None:
-                    probs = torch.softmax(logits, dim=-1)
-                    row_tokens = torch.multinomial(probs, 1, generator=rng).squeeze(1)
+                if selector is None:  # inverse-CDF sampling: ~15x cheaper than multinomial at 49k tokens
+                    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+                    u = torch.rand((cdf.shape[0], 1), generator=rng, device=cdf.device) * cdf[:, -1:]
+                    row_tokens = torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
                     chosen = None
                 else:
                     chosen = self._select(active, batch, selector)
@@ -258,7 +264,10 @@ class TransformersEngine(Engine):
         import torch
         from transformers import DynamicCache
 
-        prompts = [list(r) for g in groups for r in (*g.req.rows, g.req.public)]
+        in_order = [list(r) for g in groups for r in (*g.req.rows, g.req.public)]
+        # chunks of similar lengths pad less; the rows go back to group order at the end
+        order = sorted(range(len(in_order)), key=lambda i: len(in_order[i]))
+        prompts = [in_order[i] for i in order]
         shared = _common_prefix(prompts)
         shared = shared if shared >= 8 else 0
         prefix_layers: list[tuple] = []
@@ -289,7 +298,9 @@ class TransformersEngine(Engine):
         merged = parts[0]
         for p in parts[1:]:
             merged = merged.merge(p)
-        return merged
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        return merged.select(back.to(self.device))
 
     def _decode_step(self, batch: _Batch, next_ids) -> _Batch:
         import torch

@@ -10,9 +10,10 @@ group, and the backend appends it to every row of that group.
 from __future__ import annotations
 
 import abc
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class EngineStats:
 
     prompt_tokens: int = 0  # tokens fed to the model in prefill
     decode_tokens: int = 0  # tokens fed to the model in decode steps (one per row per step)
-    steps: int = 0
+    steps: int = 0  # forward passes of the decode loop (vLLM also counts the step that prefills)
     groups_finished: int = 0
     out_of_step: int = 0  # groups ended unaggregated because their rows disagreed on the step
     max_batch_rows_seen: int = 0
@@ -88,26 +89,60 @@ class EngineError(RuntimeError):
 
 
 class Engine(abc.ABC):
-    """A backend: decodes many groups in one batch with continuous batching."""
+    """A backend: decodes many groups in one batch with continuous batching.
+
+    A backend sets `tokens` (a service.engine.tokens.ChatTokens), `_vocab` and `_stats` in its
+    constructor; the accessors and request validation below are shared.
+    """
 
     name: str
     model_path: str
+    tokens: Any
+    _vocab: int
+    _stats: EngineStats
 
     @property
-    @abc.abstractmethod
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int:
+        return self._vocab
 
     @property
-    @abc.abstractmethod
-    def eos_token_ids(self) -> frozenset[int]: ...
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.tokens.eos_ids
 
-    @abc.abstractmethod
+    @property
+    def stats(self) -> EngineStats:
+        return self._stats
+
     def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
         """Token ids of a one-turn chat prompt (the model's chat template when it has one),
         followed by an optional assistant prefix."""
+        return self.tokens.encode_chat(user_message, prefix)
 
-    @abc.abstractmethod
-    def decode(self, token_ids: Sequence[int]) -> str: ...
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokens.decode(token_ids)
+
+    def validate(self, req: GroupRequest) -> None:
+        """Reject a request before any of it reaches the model."""
+        if req.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {req.max_tokens}")
+        for r in (*req.rows, req.public):
+            if not r:
+                raise ValueError(f"group {req.group_id}: a row has an empty prompt")
+            if max(r) >= self._vocab or min(r) < 0:
+                raise ValueError(f"group {req.group_id}: token id outside the vocabulary of {self._vocab}")
+
+    def _peek(self, waiting: deque[GroupRequest], source: Iterator[GroupRequest], max_rows: int) -> GroupRequest | None:
+        """The next group waiting for admission (validated, never larger than a batch), or None."""
+        if not waiting:
+            nxt = next(source, None)
+            if nxt is None:
+                return None
+            self.validate(nxt)
+            waiting.append(nxt)
+        req = waiting[0]
+        if req.n_rows > max_rows:
+            raise EngineError(f"group {req.group_id} has {req.n_rows} rows, over max_batch_rows {max_rows}")
+        return req
 
     @abc.abstractmethod
     def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
@@ -118,7 +153,3 @@ class Engine(abc.ABC):
     def run_raw(self, groups: Iterable[GroupRequest], seed: int = 0, max_batch_rows: int = 160) -> int:
         """Benchmark baseline: the same rows, each sampling its own tokens (no mechanism, no
         lock step); returns only the number of tokens generated, never the tokens."""
-
-    @property
-    @abc.abstractmethod
-    def stats(self) -> EngineStats: ...

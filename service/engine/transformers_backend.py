@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,29 +65,10 @@ class TransformersEngine(Engine):
         self.prefill_tokens = prefill_tokens  # padded prompt tokens per prefill forward
         self._stats = EngineStats()
         self.tokens = ChatTokens(self.tokenizer, self.model.config.eos_token_id)
-        self._eos = self.tokens.eos_ids
         self._vocab = int(self.model.get_output_embeddings().weight.shape[0])
         self._warm_up()
 
     # -- Engine API -----------------------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
-    def stats(self) -> EngineStats:
-        return self._stats
-
-    def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
-        return self.tokens.encode_chat(user_message, prefix)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokens.decode(token_ids)
 
     def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
         yield from self._loop(groups, max_batch_rows, selector=selector, rng=None)
@@ -127,16 +108,8 @@ class TransformersEngine(Engine):
                 # Admit waiting groups while their rows fit (at least one group if the batch is empty).
                 new: list[_Active] = []
                 rows_free = max_batch_rows - batch.rows
-                while True:
-                    if not waiting:
-                        nxt = next(source, None)
-                        if nxt is None:
-                            break
-                        self._validate(nxt)
-                        waiting.append(nxt)
-                    need = waiting[0].n_rows
-                    if need > max_batch_rows:
-                        raise EngineError(f"group {waiting[0].group_id} has {need} rows, over max_batch_rows {max_batch_rows}")
+                while (req := self._peek(waiting, source, max_batch_rows)) is not None:
+                    need = req.n_rows
                     if need > rows_free:
                         break
                     new.append(_Active(waiting.popleft()))
@@ -200,15 +173,6 @@ class TransformersEngine(Engine):
                     continue
                 batch = self._decode_step(batch, next_ids)
 
-    def _validate(self, req: GroupRequest) -> None:
-        if req.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {req.max_tokens}")
-        for r in (*req.rows, req.public):
-            if not r:
-                raise ValueError(f"group {req.group_id}: a row has an empty prompt")
-            if max(r) >= self._vocab or min(r) < 0:
-                raise ValueError(f"group {req.group_id}: token id outside the vocabulary of {self._vocab}")
-
     def _select(self, active: list[_Active], batch: _Batch, selector: Selector) -> np.ndarray:
         """Hand every group's block to the selector; -1 marks a group found out of step."""
         steps = batch.steps
@@ -240,7 +204,7 @@ class TransformersEngine(Engine):
 
     def _stop_reason(self, g: _Active, selector: Selector | None) -> str | None:
         tok = g.tokens[-1]
-        if tok in self._eos and not g.req.ignore_eos:
+        if tok in self.tokens.eos_ids and not g.req.ignore_eos:
             return "eos"
         if self.tokens.hit_stop(g.tokens, g.req.stop):
             return "stop"

@@ -119,24 +119,6 @@ class VllmEngine(Engine):
 
     # -- Engine API -----------------------------------------------------------------------
 
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self.tokens.eos_ids
-
-    @property
-    def stats(self) -> EngineStats:
-        return self._stats
-
-    def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
-        return self.tokens.encode_chat(user_message, prefix)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokens.decode(token_ids)
-
     def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
         self._selector = selector
         self._coordinators[self._key] = self._coordinate
@@ -187,16 +169,7 @@ class VllmEngine(Engine):
         while True:
             # Admit whole groups while their rows fit and their prompts prefill in one step.
             budget = self.max_num_batched_tokens - running_rows
-            while True:
-                if not waiting:
-                    nxt = next(source, None)
-                    if nxt is None:
-                        break
-                    self._validate(nxt)
-                    waiting.append(nxt)
-                req = waiting[0]
-                if req.n_rows > limit_rows:
-                    raise EngineError(f"group {req.group_id} has {req.n_rows} rows, over max_batch_rows {limit_rows}")
+            while (req := self._peek(waiting, source, limit_rows)) is not None:
                 tokens = sum(len(r) for r in (*req.rows, req.public))
                 if tokens > self.max_num_batched_tokens:
                     raise EngineError(f"group {req.group_id} has {tokens} prompt tokens, over max_num_batched_tokens {self.max_num_batched_tokens}")
@@ -258,15 +231,6 @@ class VllmEngine(Engine):
         else:
             reason = "length"
         return self.tokens.result(g.req.group_id, public, reason, g.req.stop)
-
-    def _validate(self, req: GroupRequest) -> None:
-        if req.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {req.max_tokens}")
-        for r in (*req.rows, req.public):
-            if not r:
-                raise ValueError(f"group {req.group_id}: a row has an empty prompt")
-            if max(r) >= self._vocab or min(r) < 0:
-                raise ValueError(f"group {req.group_id}: token id outside the vocabulary of {self._vocab}")
 
     # -- called by the logits processor, inside llm.step() --------------------------------
 

@@ -50,11 +50,11 @@ def check(d: dict) -> None:
             # the same rows: every prompt prefilled once, then one token per row per step but the last
             assert run["prompt_tokens"] == d["prompt_tokens"] > 0
             assert run["decode_tokens"] == GROUPS * (N + 1) * (MAX_TOKENS - 1)
-            assert run["steps"] == MAX_TOKENS - 1
+            assert MAX_TOKENS - 1 <= run["steps"] <= MAX_TOKENS  # vLLM counts its prefill step too
     assert d["runs"]["private"][0]["selection_calls"] == MAX_TOKENS
     assert d["efficiency"] == pytest.approx(d["private_tokens_per_s"] * (N + 1) / d["raw_tokens_per_s"])
     assert d["raw_tokens_per_s"] > 0 and d["private_tokens_per_s"] > 0 and d["selection_seconds"] > 0
-    assert d["threads"] >= 1 and d["model"] and d["engine"] == "transformers"
+    assert d["threads"] >= 1 and d["model"] and d["engine"] == loader.resolve_backend("auto")
     if d["raw_prefill_seconds"] is not None:  # the phases add up to no more than the run
         assert 0 < d["private_prefill_seconds"] + d["private_decode_seconds"] + d["selection_seconds"] <= d["private_seconds"]
 

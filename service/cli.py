@@ -107,7 +107,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
             label_counts=_key_counts(a.label_counts), count_noise=a.count_noise,
             max_records_per_unit=a.max_records_per_unit, max_record_chars=a.max_record_chars,
             template=a.template, stop=tuple(a.stop or ()), seed=a.seed, engine=a.engine, model=a.model,
-            batch_rows=a.batch_rows, out=a.out, report=a.report,
+            batch_rows=a.batch_rows, pii=a.pii, out=a.out, report=a.report,
         )
     except pydantic.ValidationError as e:
         first = e.errors()[0]
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine", default="auto", help="auto (default) or transformers")
     g.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--batch-rows", type=int, default=160, help="rows decoded at once (default: 160)")
+    g.add_argument("--pii", choices=["redact", "drop", "report", "off"], default="redact",
+                   help="PII filter on every record (presidio): redact (default), drop the record, report only, or off")
     g.add_argument("--out", type=Path, required=True, help="synthetic records, JSONL (written as they finish)")
     g.add_argument("--report", type=Path, default=None, help="job report, JSON")
     g.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")

@@ -65,6 +65,7 @@ class GenerateSpec(BaseModel):
     engine: str = "auto"
     model: str | None = None
     batch_rows: int = Field(default=160, ge=2)
+    pii: Literal["redact", "drop", "report", "off"] = "redact"
     out: Path
     report: Path | None = None
 
@@ -173,6 +174,14 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     p, labels, notes = prepare(spec, corpus, rng)
     say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
 
+    pii = None
+    if spec.pii != "off":
+        try:
+            from ..pii import get_filter
+        except ImportError:
+            raise ValueError("pii: the PII filter needs presidio: pip install -e '.[pii]' (or pass --pii off)") from None
+        say("loading the PII filter (presidio + spaCy)")
+        pii = get_filter()
     if engine is None:
         from ..engine.loader import load_engine
 
@@ -186,7 +195,8 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
             yield req
 
     reasons: Counter = Counter()
-    tokens = written = empty = 0
+    pii_found: Counter = Counter()
+    tokens = written = empty = pii_touched = pii_dropped = 0
     bar = _bar(spec.records, show_bar)
     spec.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -194,12 +204,20 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         for result in engine.run(requests(), selector, max_batch_rows=spec.batch_rows):
             reasons[result.finish_reason] += 1
             tokens += len(result.token_ids)
-            if not result.text:
-                empty += 1
+            label = labels_of.pop(result.group_id, None)
+            text, findings = result.text, {}
+            if pii is not None and text:  # post-processing of DP output: no budget, no guarantee by itself
+                filtered = pii.filter(text, spec.pii)
+                findings = {f.entity_type: f.count for f in filtered.findings}
+                pii_found.update(findings)
+                pii_touched += bool(findings)
+                pii_dropped += filtered.action == "dropped"
+                text = filtered.text or ""
+            if not text:
+                empty += not findings
             else:
-                row = {"text": result.text, "tokens": len(result.token_ids), "finish_reason": result.finish_reason}
-                if spec.label_field:
-                    row = {"text": result.text, "label": labels_of.pop(result.group_id), **{k: row[k] for k in ("tokens", "finish_reason")}}
+                row = {"text": text, **({"label": label} if spec.label_field else {}), "tokens": len(result.token_ids),
+                       "finish_reason": result.finish_reason, **({"pii": findings} if findings else {})}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 out.flush()  # a crash keeps every record already finished
                 written += 1
@@ -219,6 +237,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         "records": written,
         "records_planned": spec.records,
         "empty_records_dropped": empty,
+        "pii": {"policy": spec.pii, "records_touched": pii_touched, "records_dropped": pii_dropped, "entities": dict(pii_found)},
         "tokens": tokens,
         "private_tokens": selector.private_tokens,
         "public_tokens": selector.public_tokens,

@@ -51,8 +51,14 @@ def test_generate_cli_end_to_end(corpus, tmp_path):
         assert key in report, key
     assert report["epsilon"] == report["plan"]["epsilon"] <= 3.0
     assert report["epsilon"] == pytest.approx(3.0, rel=1e-6)
-    assert report["records"] + report["empty_records_dropped"] == 4
-    assert report["private_tokens"] == report["tokens"]  # no gate: every token is paid for
+    assert report["records"] + report["empty_records_dropped"] + report["pii"]["records_dropped"] == 4
+    # every record passed the PII filter (redact by default): nothing detectable is left
+    from service.pii import get_filter
+
+    assert report["pii"]["policy"] == "redact"
+    assert all(not get_filter().filter(x["text"], "report").findings for x in records)
+    # no gate: every selected token is paid for, each end-of-sequence included (not in the record)
+    assert report["private_tokens"] == report["tokens"] + report["finish_reasons"].get("eos", 0)
     assert report["units_source"] == "dp-count" and set(report["notes"]["label_histogram"]) == {"spam", "ham"}
     # the report is publishable: no exact corpus counts, no record text
     text = rep.read_text()

@@ -329,6 +329,9 @@ def load_model_and_tokenizer(
     force_offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # privtext reports its own progress
 
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -23,19 +23,11 @@ def _add_mechanism_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(a: argparse.Namespace):
-    from mechanisms import DecodingConfig, GateConfig
+    from .jobs.generate import MECHANISM_FIELDS, decoding_config
 
-    gate = None
-    if a.gate_threshold is not None:
-        gate = GateConfig(threshold=a.gate_threshold, epsilon=a.gate_epsilon, max_private_tokens=a.gate_max_private)
-    return DecodingConfig(
-        mechanism=a.mechanism,
-        partitions=a.partitions,
-        temperature=a.temperature,
-        top_k=a.top_k or None,
-        units_per_row=a.units_per_row,
-        gate=gate,
-    )
+    values = {k: getattr(a, k, None) for k in MECHANISM_FIELDS}
+    values["top_k"] = values["top_k"] or None  # 0 = whole vocabulary
+    return decoding_config(**values)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:

@@ -30,6 +30,27 @@ from ..generation.prompts import Template
 from ..generation.selector import MechanismSelector
 
 
+MECHANISM_FIELDS = (
+    "mechanism", "partitions", "temperature", "top_k", "units_per_row", "gate_threshold", "gate_epsilon",
+    "gate_max_private", "clip", "noise_multiplier",
+)
+
+
+def decoding_config(
+    mechanism: str, partitions: int, temperature: float, top_k: int | None, units_per_row: int,
+    gate_threshold: float | None, gate_epsilon: float, gate_max_private: int,
+    clip: float | None = None, noise_multiplier: float | None = None,
+) -> DecodingConfig:
+    """The DecodingConfig of flat settings (CLI flags, request fields); unset clip/noise keep
+    DecodingConfig's defaults, to be solved from epsilon by the planner."""
+    gate = None
+    if gate_threshold is not None:
+        gate = GateConfig(threshold=gate_threshold, epsilon=gate_epsilon, max_private_tokens=gate_max_private)
+    fixed = {k: v for k, v in (("clip", clip), ("noise_multiplier", noise_multiplier)) if v is not None}
+    return DecodingConfig(mechanism=mechanism, partitions=partitions, temperature=temperature, top_k=top_k,
+                          units_per_row=units_per_row, gate=gate, **fixed)
+
+
 class GenerateSpec(BaseModel):
     """Everything a generation job is asked to do (validated at the boundary)."""
 
@@ -89,18 +110,7 @@ class GenerateSpec(BaseModel):
         return self
 
     def decoding_config(self) -> DecodingConfig:
-        gate = None
-        if self.gate_threshold is not None:
-            gate = GateConfig(threshold=self.gate_threshold, epsilon=self.gate_epsilon, max_private_tokens=self.gate_max_private)
-        kw = {}
-        if self.clip is not None:
-            kw["clip"] = self.clip
-        if self.noise_multiplier is not None:
-            kw["noise_multiplier"] = self.noise_multiplier
-        return DecodingConfig(
-            mechanism=self.mechanism, partitions=self.partitions, temperature=self.temperature, top_k=self.top_k,
-            units_per_row=self.units_per_row, gate=gate, **kw,
-        )
+        return decoding_config(**{k: getattr(self, k) for k in MECHANISM_FIELDS})
 
     @property
     def fixed_config(self) -> bool:

@@ -151,3 +151,30 @@ def test_gate_emits_public_tokens_when_rows_agree_with_public_and_halts_at_cap()
     assert state.private_tokens == 3  # the cap fixed in advance, then the group halts
     with pytest.raises(ValueError, match="^states"):
         select_token(far, public, cfg_far, rng, state)
+
+
+def test_gate_threshold_persists_through_below_answers_and_is_redrawn_after_above():
+    """The AboveThreshold analysis: one noisy threshold per instance, kept across below answers,
+    drawn afresh only after an above (paid) answer."""
+    public = logits(11, (V,))
+    cfg = DecodingConfig(mechanism="em", partitions=8, clip=1.0, top_k=None,
+                         gate=GateConfig(threshold=0.5, epsilon=1.0, max_private_tokens=50))
+    agree = np.tile(public, (8, 1))
+    far = np.tile(public, (8, 1))
+    far[:, np.argmin(public)] = 100.0
+    rng = np.random.default_rng(4)
+    state = GroupState()
+    seen_below = seen_above = 0
+    for step in range(60):
+        rows = far if step % 3 == 0 else agree
+        before_private, before = state.private_tokens, state.noisy_threshold
+        select_token(rows, public, cfg, rng, state)
+        if state.private_tokens == before_private:  # below: same instance, same threshold
+            seen_below += 1
+            assert before is None or state.noisy_threshold == before
+            assert state.noisy_threshold is not None
+        else:  # above: paid, and the next step starts a fresh instance
+            seen_above += 1
+            assert state.noisy_threshold is None
+    assert seen_below > 10 and seen_above > 10
+    assert state.private_tokens + state.public_tokens == 60

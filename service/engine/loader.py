@@ -20,8 +20,15 @@ def _transformers(model_path: str, **kw) -> Engine:
 
 
 def _vllm(model_path: str, **kw) -> Engine:
+    import os
+
     from .vllm_backend import VllmEngine
 
+    tp = os.environ.get("PRIVTEXT_TENSOR_PARALLEL_SIZE")
+    if tp is not None and "tensor_parallel_size" not in kw:
+        if not tp.isdigit() or int(tp) < 1:
+            raise ValueError(f"PRIVTEXT_TENSOR_PARALLEL_SIZE must be an integer >= 1, got {tp!r}")
+        kw["tensor_parallel_size"] = int(tp)
     return VllmEngine(model_path, **kw)
 
 

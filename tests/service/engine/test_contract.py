@@ -189,3 +189,13 @@ def test_bad_requests(engine):
 def test_raw_baseline_counts_tokens_only(engine):
     groups = [group(engine, g, 3, 5) for g in range(2)]
     assert engine.run_raw(groups, seed=0) == 2 * 4 * 5
+
+
+def test_tensor_parallel_setting_is_checked(monkeypatch):
+    """The vLLM tensor-parallel setting comes from the environment and is validated before any
+    engine starts."""
+    from service.engine.loader import _vllm
+
+    monkeypatch.setenv("PRIVTEXT_TENSOR_PARALLEL_SIZE", "zero")
+    with pytest.raises(ValueError, match="PRIVTEXT_TENSOR_PARALLEL_SIZE must be an integer >= 1"):
+        _vllm("/nonexistent")

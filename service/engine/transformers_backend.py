@@ -99,7 +99,7 @@ class TransformersEngine(Engine):
         waiting = deque()
         source = iter(groups)
         active: list[_Active] = []
-        batch = _Batch.empty(self.device)
+        batch = _Batch.empty()
         self._raw_tokens = 0
         row_tokens: torch.Tensor | None = None  # raw mode: each row's own next token
 
@@ -141,8 +141,7 @@ class TransformersEngine(Engine):
                         tok = int(row_tokens[start + n - 1])
                         self._raw_tokens += n
                     else:
-                        tok = int(chosen[gi]) if chosen[gi] >= 0 else -1
-                    reason = None
+                        tok = int(chosen[gi])  # -1: the group was found out of step
                     if tok < 0:
                         reason = "out_of_step"
                     else:
@@ -169,7 +168,7 @@ class TransformersEngine(Engine):
                     next_ids = next_ids[idx]
                 active = still
                 if not active:
-                    batch = _Batch.empty(self.device)
+                    batch = _Batch.empty()
                     continue
                 batch = self._decode_step(batch, next_ids)
 
@@ -245,10 +244,11 @@ class TransformersEngine(Engine):
         i = 0
         while i < len(prompts):
             j = i + 1
-            while j < len(prompts) and (j + 1 - i) * (max(len(p) for p in prompts[i : j + 1]) - shared) <= self.prefill_tokens:
+            # prompts are sorted by length: the chunk's last prompt is its widest
+            while j < len(prompts) and (j + 1 - i) * (len(prompts[j]) - shared) <= self.prefill_tokens:
                 j += 1
             chunk = [p[shared:] for p in prompts[i:j]]
-            b, width = len(chunk), max(len(p) for p in chunk)
+            b, width = len(chunk), len(chunk[-1])
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
             mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
@@ -306,7 +306,7 @@ class _Batch:
     steps: np.ndarray
 
     @classmethod
-    def empty(cls, device: str) -> _Batch:
+    def empty(cls) -> _Batch:
         return cls(None, None, None, None, np.zeros(0, dtype=np.int64))
 
     @property

@@ -264,8 +264,8 @@ class VllmEngine(Engine):
             host = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
             tokens = selector.select(ids, host[private_idx], np.asarray(sizes), host[public_idx])
             start = 0
-            for gid, n, tok in zip(ids, sizes, tokens):
-                rows_idx = private_idx[start : start + n] + [public_idx[ids.index(gid)]]
+            for gid, n, public, tok in zip(ids, sizes, public_idx, tokens):
+                rows_idx = private_idx[start : start + n] + [public]
                 start += n
                 force.append((rows_idx, int(tok)))
                 self._groups[gid].selected += 1

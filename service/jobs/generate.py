@@ -160,8 +160,7 @@ def prepare(spec: GenerateSpec, corpus: Corpus, rng: np.random.Generator) -> tup
         units, source, noise = spec.public_count, "declared-public", None
         notes["units_declared_public"] = "the caller declared the unit count public; it was used as given"
     else:
-        units, source, noise = max(dp_count(len(corpus.units()), spec.count_noise, rng), 1), "dp-count", None
-        noise = spec.count_noise
+        units, source, noise = max(dp_count(len(corpus.units()), spec.count_noise, rng), 1), "dp-count", spec.count_noise
     ledger = Ledger(spec.epsilon, spec.delta)
     p = plan(
         units=units, records=spec.records, max_tokens=spec.max_tokens, delta=spec.delta,

@@ -185,6 +185,10 @@ def generation_events(cfg: DecodingConfig, max_tokens: int, rounds: int = 1) -> 
     return tuple(events)
 
 
+class CalibrationError(ValueError):
+    """The requested epsilon cannot pay for the requested tokens with these settings."""
+
+
 def calibrate(
     cfg: DecodingConfig,
     epsilon: float,
@@ -208,7 +212,7 @@ def calibrate(
     rho_total = largest_rho_within(epsilon, delta, other_events)
     rho_sel = rho_total / n - rho_gate(cfg)
     if rho_sel <= 0:
-        raise ValueError(
+        raise CalibrationError(
             f"epsilon {epsilon} at delta {delta} cannot cover {n} private tokens: the gate alone costs "
             f"rho {rho_gate(cfg) * n:.4g} of the {rho_total:.4g} available; lower gate.epsilon or max tokens"
         )

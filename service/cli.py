@@ -201,7 +201,59 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.engine import add_parser as add_bench_engine
 
     add_bench_engine(bsub)
+
+    sv = sub.add_parser("serve", help="run the gRPC server (settings: --config YAML < PRIVTEXT_* environment < flags)")
+    sv.add_argument("--config", default=None, metavar="YAML", help="settings file (every field also PRIVTEXT_<FIELD>)")
+    sv.add_argument("--host", default=None, help="bind address (default 127.0.0.1; other hosts need api_keys)")
+    sv.add_argument("--port", type=int, default=None, help="port (default 50051; 0: any free port)")
+    sv.add_argument("--data-dir", default=None, help="where the store lives (default ./privtext-data)")
+    sv.add_argument("--engine", default=None, choices=["auto", "transformers", "vllm"])
+    sv.add_argument("--model", default=None, help="a local model folder (default: the embedded SmolLM2-135M-Instruct)")
+    sv.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    sv.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="API keys for the server's settings")
+    ksub = k.add_subparsers(dest="keys", required=True)
+    kn = ksub.add_parser("new", help="print a new API key and the settings line holding its hash")
+    kn.add_argument("--tenant", required=True)
+    kn.set_defaults(func=cmd_keys_new)
+
+    from .client import add_parser as add_client
+
+    add_client(sub)
     return parser
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .api.server import serve
+    from .api.settings import ServerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        settings = ServerSettings.load(a.config, host=a.host, port=a.port, data_dir=a.data_dir, engine=a.engine, model=a.model,
+                                       metrics_port=a.metrics_port)
+    except Exception as e:  # pydantic's message names the field
+        raise ValueError(str(e)) from None
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_keys_new(a: argparse.Namespace) -> int:
+    import json
+
+    from .api.auth import hash_key, new_key
+
+    key = new_key()
+    print(f"API key for tenant {a.tenant!r} (shown once; give it to the client as PRIVTEXT_API_KEY):", file=sys.stderr)
+    print(key)
+    print("settings (YAML):", file=sys.stderr)
+    print(f"  api_keys:\n    {a.tenant}: [{hash_key(key)}]", file=sys.stderr)
+    print("or environment:", file=sys.stderr)
+    print(f"  PRIVTEXT_API_KEYS='{json.dumps({a.tenant: [hash_key(key)]})}'", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

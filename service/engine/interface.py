@@ -76,7 +76,8 @@ class Selector(Protocol):
         ...
 
     def halted(self, group_id: int) -> bool:
-        """True when the mechanism must not select again for this group (e.g. a gate's cap)."""
+        """True when the mechanism must not select again for this group (a gate's cap, or the
+        request was cancelled): the backend ends the group ("halted") before its next step."""
         ...
 
     def release(self, group_id: int) -> None:
@@ -131,10 +132,18 @@ class Engine(abc.ABC):
             if max(r) >= self._vocab or min(r) < 0:
                 raise ValueError(f"group {req.group_id}: token id outside the vocabulary of {self._vocab}")
 
-    def _peek(self, waiting: deque[GroupRequest], source: Iterator[GroupRequest], max_rows: int) -> GroupRequest | None:
-        """The next group waiting for admission (validated, never larger than a batch), or None."""
+    def _peek(self, waiting: deque[GroupRequest], source: Iterator[GroupRequest | None], max_rows: int) -> GroupRequest | None:
+        """The next group waiting for admission (validated, never larger than a batch), or None.
+
+        A source may yield None for "nothing to admit now" (a live source shared by many
+        requests, see service.jobs.scheduler): the loop goes on with the active groups, and the
+        run ends only when the source is exhausted (self._drained) and no group is active."""
         if not waiting:
-            nxt = next(source, None)
+            try:
+                nxt = next(source)
+            except StopIteration:
+                self._drained = True
+                return None
             if nxt is None:
                 return None
             self.validate(nxt)
@@ -144,10 +153,14 @@ class Engine(abc.ABC):
             raise EngineError(f"group {req.group_id} has {req.n_rows} rows, over max_batch_rows {max_rows}")
         return req
 
+    _drained: bool = False  # the current run's source is exhausted
+
     @abc.abstractmethod
-    def run(self, groups: Iterable[GroupRequest], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
+    def run(self, groups: Iterable[GroupRequest | None], selector: Selector, max_batch_rows: int = 160) -> Iterator[GroupResult]:
         """Decode groups in lock step, yielding each as it finishes. Waiting groups join
-        between steps as finished ones leave; at most max_batch_rows rows decode at once."""
+        between steps as finished ones leave; at most max_batch_rows rows decode at once.
+        `groups` may yield None (nothing to admit now); the run ends when it is exhausted and
+        every admitted group has finished."""
 
     @abc.abstractmethod
     def run_raw(self, groups: Iterable[GroupRequest], seed: int = 0, max_batch_rows: int = 160) -> int:

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .interface import Engine, EngineError, EngineStats, GroupRequest, GroupResult, Selector
+from .interface import Engine, EngineStats, GroupRequest, GroupResult, Selector
 from .model_files import load_model_and_tokenizer
 from .tokens import ChatTokens
+
+
+_HALTED = -2  # _select's mark for a group halted before the step
 
 
 def default_threads() -> int:
@@ -98,6 +101,7 @@ class TransformersEngine(Engine):
             raise ValueError(f"max_batch_rows must be >= 2, got {max_batch_rows}")
         waiting = deque()
         source = iter(groups)
+        self._drained = False
         active: list[_Active] = []
         batch = _Batch.empty()
         self._raw_tokens = 0
@@ -118,7 +122,9 @@ class TransformersEngine(Engine):
                     batch = batch.merge(self._prefill(new))
                     active.extend(new)
                 if not active:
-                    return
+                    if self._drained and not waiting:
+                        return
+                    continue  # a live source had nothing to admit (it blocks while we are idle)
                 self._stats.max_batch_rows_seen = max(self._stats.max_batch_rows_seen, batch.rows)
 
                 # Choose: one token per group (selector), or one per row (raw benchmark).
@@ -142,7 +148,9 @@ class TransformersEngine(Engine):
                         self._raw_tokens += n
                     else:
                         tok = int(chosen[gi])  # -1: the group was found out of step
-                    if tok < 0:
+                    if tok == _HALTED:
+                        reason = "halted"
+                    elif tok < 0:
                         reason = "out_of_step"
                     else:
                         g.tokens.append(tok)
@@ -173,7 +181,8 @@ class TransformersEngine(Engine):
                 batch = self._decode_step(batch, next_ids)
 
     def _select(self, active: list[_Active], batch: _Batch, selector: Selector) -> np.ndarray:
-        """Hand every group's block to the selector; -1 marks a group found out of step."""
+        """Hand every group's block to the selector; -1 marks a group found out of step, _HALTED
+        one its selector halted before this step."""
         steps = batch.steps
         logits = batch.logits.float().cpu().numpy() if batch.logits.device.type != "cpu" else batch.logits.numpy()
         private_idx: list[int] = []
@@ -188,7 +197,7 @@ class TransformersEngine(Engine):
             if not np.all(steps[start : start + n] == g.step):
                 self._stats.out_of_step += 1  # never aggregated: the group ends, counted
             elif selector.halted(g.req.group_id):
-                raise EngineError(f"group {g.req.group_id} was asked to select after it halted")
+                out[gi] = _HALTED  # cancelled before this step: ends without selecting again
             else:
                 private_idx.extend(range(start, start + n - 1))
                 public_idx.append(start + n - 1)

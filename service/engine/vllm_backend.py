@@ -159,6 +159,7 @@ class VllmEngine(Engine):
         if max_batch_rows < 2:
             raise ValueError(f"max_batch_rows must be >= 2, got {max_batch_rows}")
         source = iter(groups)
+        self._drained = False
         waiting: deque[GroupRequest] = deque()
         by_request: dict[str, _Group] = {}
         self._groups = {}
@@ -186,8 +187,8 @@ class VllmEngine(Engine):
                     self.llm.add_request(rid, self._prompt(prompt), self._params(req, i if i < len(req.rows) else -1, private))
                 self._stats.prompt_tokens += tokens
             if not self.llm.has_unfinished_requests():
-                if waiting:
-                    continue
+                if waiting or not self._drained:
+                    continue  # a live source had nothing to admit (it blocks while we are idle)
                 return
             outputs = self.llm.step()
             self._stats.steps += 1
@@ -246,6 +247,8 @@ class VllmEngine(Engine):
         force: list[tuple[list[int], int]] = []
         for gid, rows in present.items():
             g = self._groups.get(gid)
+            if g is not None and not g.halted and selector.halted(gid):
+                g.halted = True  # cancelled before this step: ends with what was selected
             if g is None or g.out_of_step or g.halted:
                 force.append(([i for i, _, _ in rows], min(self.tokens.eos_ids)))
                 continue

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from mechanisms.config import require
 
@@ -137,42 +139,41 @@ def _fields(
     return text, label, unit
 
 
-def _jsonl_rows(path: Path, check: Check) -> Rows:
+def _jsonl_rows(f: BinaryIO, check: Check) -> Rows:
     """(line, fields or _Bad) per non-blank line; bytes are decoded per line so that one bad
     byte costs one row."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                s = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield line_no, _Bad("not UTF-8")
-                continue
-            if not s.strip():
-                continue  # a blank line holds no row
-            try:
-                obj = json.loads(s)
-            except json.JSONDecodeError as e:  # e.msg and colno carry no row content
-                yield line_no, _Bad(f"malformed JSON: {e.msg} (column {e.colno})")
-                continue
-            if not isinstance(obj, dict):
-                yield line_no, _Bad(f"JSON row is not an object (got {type(obj).__name__})")
-                continue
-            try:
-                yield line_no, check(obj.__getitem__)
-            except _Bad as e:
-                yield line_no, e
+    for line_no, raw in enumerate(f, start=1):
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield line_no, _Bad("not UTF-8")
+            continue
+        if not s.strip():
+            continue  # a blank line holds no row
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:  # e.msg and colno carry no row content
+            yield line_no, _Bad(f"malformed JSON: {e.msg} (column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            yield line_no, _Bad(f"JSON row is not an object (got {type(obj).__name__})")
+            continue
+        try:
+            yield line_no, check(obj.__getitem__)
+        except _Bad as e:
+            yield line_no, e
 
 
-def _csv_rows(path: Path, check: Check, text_field: str, label_field: str | None, unit_field: str | None) -> Rows:
+def _csv_rows(raw: BinaryIO, path: str, check: Check, text_field: str, label_field: str | None, unit_field: str | None) -> Rows:
     """(line, fields or _Bad) per CSV record, `line` being where the record starts.
 
     Undecodable bytes become lone surrogates (surrogateescape), so the CSV structure survives
     and exactly the records holding them are marked "not UTF-8".
     """
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader, None)
@@ -259,6 +260,25 @@ def read_corpus(
     path = Path(path)
     fmt = fmt if fmt is not None else FORMATS.get(path.suffix.lower())
     require(fmt in ("jsonl", "csv"), "fmt", "'jsonl' or 'csv' (or a .jsonl/.json/.csv suffix)", fmt or path.suffix)
+    with open(path, "rb") as f:
+        return parse_corpus(f, fmt, str(path), text_field, label_field, unit_field, max_record_chars, max_bad_fraction, max_records)
+
+
+def parse_corpus(
+    stream: BinaryIO,
+    fmt: str,
+    name: str,
+    text_field: str = "text",
+    label_field: str | None = None,
+    unit_field: str | None = None,
+    max_record_chars: int = 2000,
+    max_bad_fraction: float = 0.05,
+    max_records: int = 1_000_000,
+) -> Corpus:
+    """read_corpus on an open binary stream (an uploaded file held in memory); `name` stands for
+    the file in messages."""
+    path = name
+    require(fmt in ("jsonl", "csv"), "fmt", "'jsonl' or 'csv'", fmt)
     require(isinstance(text_field, str) and text_field != "", "text_field", "a non-empty string", text_field)
     names = [n for n in (text_field, label_field, unit_field) if n is not None]
     require(len(set(names)) == len(names), "text_field, label_field, unit_field", "distinct", names)
@@ -270,7 +290,7 @@ def read_corpus(
     def check(get: Callable[[str], object]) -> Fields:
         return _fields(get, text_field, label_field, unit_field, max_record_chars)
 
-    rows = _jsonl_rows(path, check) if fmt == "jsonl" else _csv_rows(path, check, text_field, label_field, unit_field)
+    rows = _jsonl_rows(stream, check) if fmt == "jsonl" else _csv_rows(stream, path, check, text_field, label_field, unit_field)
     good: list[tuple[int, str, str | None, str | None]] = []
     bad: list[BadRow] = []
     for line, result in rows:
@@ -297,3 +317,10 @@ def read_corpus(
     if not records:
         raise CorpusError(f"{path}: no good records ({len(bad)} bad rows{'; ' + shown if shown else ''})")
     return Corpus(tuple(records), tuple(bad), text_field, label_field, unit_field)
+
+
+def corpus_from_rows(rows: list[dict], text_field: str, label_field: str | None, unit_field: str | None) -> Corpus:
+    """A Corpus of rows already validated by parse_corpus and stored as {text, label, unit}
+    (unit: the key parse_corpus gave the record, intrinsic or from the unit field)."""
+    records = tuple(Record(i + 1, r["text"], r.get("label"), str(r["unit"])) for i, r in enumerate(rows))
+    return Corpus(records, (), text_field, label_field, unit_field)

@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -23,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mechanisms import DecodingConfig, GateConfig, Ledger, Plan, dp_count, dp_histogram, plan
 
-from ..engine.interface import Engine
+from ..engine.interface import Engine, GroupRequest, GroupResult
 from ..generation.corpus import Corpus, read_corpus
 from ..generation.layout import group_requests, strata_of
 from ..generation.prompts import Template
 from ..generation.selector import MechanismSelector
+from .records import OutRecord, RecordFilter
 
 
 MECHANISM_FIELDS = (
@@ -51,19 +52,15 @@ def decoding_config(
                           units_per_row=units_per_row, gate=gate, **fixed)
 
 
-class GenerateSpec(BaseModel):
-    """Everything a generation job is asked to do (validated at the boundary)."""
+class JobRequest(BaseModel):
+    """What to generate and how to decode it: shared by `privtext generate` and the API.
+    Every value is public; none may be derived from the private records."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input: Path
-    text_field: str = "text"
-    label_field: str | None = None
-    unit_field: str | None = None
     records: int = Field(ge=1, le=1_000_000)
     max_tokens: int = Field(ge=1, le=4096)
     epsilon: float = Field(gt=0, allow_inf_nan=False)
-    delta: float = Field(gt=0, lt=1)
     mechanism: Literal["em", "amin", "gaussian"] = "em"
     partitions: int = Field(default=8, ge=1, le=4096)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
@@ -72,21 +69,57 @@ class GenerateSpec(BaseModel):
     noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     units_per_row: int = Field(default=1, ge=1, le=64)
     gate_threshold: float | None = Field(default=None, gt=0, lt=1)
-    gate_epsilon: float = Field(default=0.5, gt=0)
+    gate_epsilon: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     gate_max_private: int = Field(default=16, ge=1)
-    public_count: int | None = Field(default=None, ge=1)  # declared-public unit count
     labels: tuple[str, ...] | None = None  # labels to generate, records split by a DP histogram
     label_counts: dict[str, int] | None = None  # records per label, public
-    count_noise: float = Field(default=10.0, gt=0)
     max_records_per_unit: int = Field(default=4, ge=1)
     max_record_chars: int = Field(default=500, ge=1)
     template: str | None = None  # a TOML path or a packaged template name
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    pii: Literal["redact", "drop", "report", "off"] = "redact"
+
+    @model_validator(mode="after")
+    def _label_counts(self) -> JobRequest:
+        if self.labels is not None and self.label_counts is not None:
+            raise ValueError("give labels or label_counts, not both")
+        if self.label_counts is not None:
+            bad = {k: v for k, v in self.label_counts.items() if not isinstance(v, int) or v < 0}
+            if bad:
+                raise ValueError(f"label_counts must be integers >= 0, got {bad}")
+            if sum(self.label_counts.values()) != self.records:
+                raise ValueError(f"label_counts must sum to records ({self.records}), got {sum(self.label_counts.values())}")
+        return self
+
+    def wanted_labels(self) -> list[str] | None:
+        """The public labels to generate, sorted; None without labels."""
+        if self.label_counts:
+            return sorted(self.label_counts)
+        return sorted(set(self.labels)) if self.labels else None
+
+    def decoding_config(self) -> DecodingConfig:
+        return decoding_config(**{k: getattr(self, k) for k in MECHANISM_FIELDS})
+
+    @property
+    def fixed_config(self) -> bool:
+        """True when the user fixed clip/noise: the cost is computed and checked, not solved."""
+        return (self.clip is not None and self.mechanism != "gaussian") or (self.noise_multiplier is not None and self.mechanism == "gaussian")
+
+
+class GenerateSpec(JobRequest):
+    """A `privtext generate` job: a request plus the corpus file, its fields and the outputs."""
+
+    input: Path
+    text_field: str = "text"
+    label_field: str | None = None
+    unit_field: str | None = None
+    delta: float = Field(gt=0, lt=1)
+    public_count: int | None = Field(default=None, ge=1)  # declared-public unit count
+    count_noise: float = Field(default=10.0, gt=0)
     engine: str = "auto"
     model: str | None = None
     batch_rows: int = Field(default=160, ge=2)
-    pii: Literal["redact", "drop", "report", "off"] = "redact"
     out: Path
     report: Path | None = None
 
@@ -99,24 +132,9 @@ class GenerateSpec(BaseModel):
                 "label_field needs the labels declared (they are public): label_counts (records per label, "
                 "e.g. spam=20,ham=180) or labels (records split by a DP histogram)"
             )
-        if self.label_counts is not None:
-            bad = {k: v for k, v in self.label_counts.items() if not isinstance(v, int) or v < 0}
-            if bad:
-                raise ValueError(f"label_counts must be integers >= 0, got {bad}")
-            if sum(self.label_counts.values()) != self.records:
-                raise ValueError(f"label_counts must sum to records ({self.records}), got {sum(self.label_counts.values())}")
         if self.public_count is not None and self.label_field:
             raise ValueError("public_count is for unlabelled corpora; with labels, per-label counts come from a DP histogram")
         return self
-
-    def decoding_config(self) -> DecodingConfig:
-        return decoding_config(**{k: getattr(self, k) for k in MECHANISM_FIELDS})
-
-    @property
-    def fixed_config(self) -> bool:
-        """True when the user fixed clip/noise: the cost is computed and checked, not solved."""
-        return (self.clip is not None and self.mechanism != "gaussian") or (self.noise_multiplier is not None and self.mechanism == "gaussian")
-
 
 def _split_records(total: int, weights: dict[str, int]) -> dict[str, int]:
     """Largest-remainder split of `total` in proportion to (DP, hence public) weights."""
@@ -138,21 +156,27 @@ def _randomness(seed: int | None) -> tuple[bytes, np.random.Generator]:
     return hashlib.sha256(f"privtext-partition-{seed}".encode()).digest(), np.random.default_rng(seed)
 
 
+def label_units(corpus: Corpus, labels: list[str]) -> dict[str, int]:
+    """Exact units per requested label (private: only ever the input of a DP histogram)."""
+    true = Counter(recs[0].label for recs in corpus.units().values() if recs[0].label in labels)
+    return {lab: true.get(lab, 0) for lab in labels}
+
+
+def strata_from(request: JobRequest, released: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """label -> (public unit count, records wanted), from a released (DP) label histogram."""
+    labels = sorted(released)
+    records = request.label_counts or _split_records(request.records, released)
+    return {lab: (max(released[lab], 1), records[lab]) for lab in labels}
+
+
 def prepare(spec: GenerateSpec, corpus: Corpus, rng: np.random.Generator) -> tuple[Plan, list[str] | None, dict]:
     """The public counts (declared, or released by DP) and the plan, checked against epsilon."""
-    cfg = spec.decoding_config()
     notes: dict = {}
-    labels = None
+    labels = spec.wanted_labels() if spec.label_field else None
     strata = None
-    if spec.label_field:
-        labels = sorted(spec.label_counts) if spec.label_counts else sorted(set(spec.labels or ()))
-        true = Counter()
-        for recs in corpus.units().values():
-            if recs[0].label in labels:
-                true[recs[0].label] += 1
-        released = dp_histogram({l: true.get(l, 0) for l in labels}, spec.count_noise, rng)
-        records = spec.label_counts or _split_records(spec.records, released)
-        strata = {l: (max(released[l], 1), records[l]) for l in labels}
+    if labels is not None:
+        released = dp_histogram(label_units(corpus, labels), spec.count_noise, rng)
+        strata = strata_from(spec, released)
         units = sum(n for n, _ in strata.values())
         source, noise = "dp-count", spec.count_noise
         notes["label_histogram"] = released
@@ -161,13 +185,50 @@ def prepare(spec: GenerateSpec, corpus: Corpus, rng: np.random.Generator) -> tup
         notes["units_declared_public"] = "the caller declared the unit count public; it was used as given"
     else:
         units, source, noise = max(dp_count(len(corpus.units()), spec.count_noise, rng), 1), "dp-count", spec.count_noise
-    ledger = Ledger(spec.epsilon, spec.delta)
     p = plan(
         units=units, records=spec.records, max_tokens=spec.max_tokens, delta=spec.delta,
-        epsilon=None if spec.fixed_config else spec.epsilon, config=cfg,
-        units_source=source, count_noise=noise, ledger=ledger, strata=strata,
+        epsilon=None if spec.fixed_config else spec.epsilon, config=spec.decoding_config(),
+        units_source=source, count_noise=noise, ledger=Ledger(spec.epsilon, spec.delta), strata=strata,
     )
     return p, labels, notes
+
+
+Decode = Callable[[Iterator[GroupRequest], MechanismSelector], Iterator[GroupResult]]
+
+
+def decode_records(
+    request: JobRequest,
+    corpus: Corpus,
+    p: Plan,
+    labels: list[str] | None,
+    secret: bytes,
+    engine: Engine,
+    run: Decode,
+    selector: MechanismSelector,
+    records: RecordFilter,
+    skip: frozenset[int] = frozenset(),
+    on_start: Callable[[int], None] | None = None,
+) -> Iterator[OutRecord]:
+    """The decode loop every job shares: the plan's groups, round by round, each decoded by
+    `run` (the engine directly, or the server's shared scheduler) and filtered into a record.
+
+    skip: groups not to decode (a resumed job's already started ones). on_start(group id) runs
+    before a group reaches the engine (a server job records it durably there)."""
+    template = Template.load(request.template, request.max_record_chars)
+    labels_of: dict[int, str | None] = {}
+
+    def requests() -> Iterator[GroupRequest]:
+        strata = strata_of(corpus, p, labels)
+        for req, label in group_requests(strata, p, secret, template, engine, request.max_records_per_unit, request.stop):
+            if req.group_id in skip:
+                continue
+            if on_start is not None:
+                on_start(req.group_id)
+            labels_of[req.group_id] = label
+            yield req
+
+    for result in run(requests(), selector):
+        yield records(result, labels_of.pop(result.group_id, None))
 
 
 def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Callable[[str], None] | None = None, show_bar: bool = False) -> dict:
@@ -178,86 +239,57 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     # Exact counts are for the data owner's terminal only: they are not DP, so no report carries them.
     say(f"read {len(corpus.records):,} records in {len(corpus.units()):,} units; {len(corpus.bad):,} bad rows"
         + "".join(f"\n  line {b.line}: {b.reason}" for b in corpus.bad[:10]) + ("\n  ..." if len(corpus.bad) > 10 else ""))
-    template = Template.load(spec.template, spec.max_record_chars)
+    Template.load(spec.template, spec.max_record_chars)  # a bad template fails before any count is drawn
     secret, rng = _randomness(spec.seed)
     p, labels, notes = prepare(spec, corpus, rng)
     say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
-
-    pii = None
-    if spec.pii != "off":
-        try:
-            from ..pii import get_filter
-        except ImportError:
-            raise ValueError("pii: the PII filter needs presidio: pip install -e '.[pii]' (or pass --pii off)") from None
-        say("loading the PII filter (presidio + spaCy)")
-        pii = get_filter()
+    records = RecordFilter(spec.pii, say)
     if engine is None:
         from ..engine.loader import load_engine
 
         engine = load_engine(spec.engine, spec.model, progress=say)
     selector = MechanismSelector(p.config, rng)
-    labels_of: dict[int, str | None] = {}
 
-    def requests():
-        for req, label in group_requests(strata_of(corpus, p, labels), p, secret, template, engine, spec.max_records_per_unit, spec.stop):
-            labels_of[req.group_id] = label
-            yield req
+    def run(groups: Iterator[GroupRequest], sel: MechanismSelector) -> Iterator[GroupResult]:
+        return engine.run(groups, sel, max_batch_rows=spec.batch_rows)
 
-    reasons: Counter = Counter()
-    pii_found: Counter = Counter()
-    tokens = written = empty = pii_touched = pii_dropped = 0
     bar = _bar(spec.records, show_bar)
     spec.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(spec.out, "w", encoding="utf-8") as out:
-        for result in engine.run(requests(), selector, max_batch_rows=spec.batch_rows):
-            reasons[result.finish_reason] += 1
-            tokens += len(result.token_ids)
-            label = labels_of.pop(result.group_id, None)
-            text, findings = result.text, {}
-            if pii is not None and text:  # post-processing of DP output: no budget, no guarantee by itself
-                filtered = pii.filter(text, spec.pii)
-                findings = {f.entity_type: f.count for f in filtered.findings}
-                pii_found.update(findings)
-                pii_touched += bool(findings)
-                pii_dropped += filtered.action == "dropped"
-                text = filtered.text or ""
-            if not text:
-                empty += not findings
-            else:
-                row = {"text": text, **({"label": label} if spec.label_field else {}), "tokens": len(result.token_ids),
-                       "finish_reason": result.finish_reason, **({"pii": findings} if findings else {})}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for rec in decode_records(spec, corpus, p, labels, secret, engine, run, selector, records):
+            if rec.released:
+                out.write(json.dumps(rec.to_json(bool(spec.label_field)), ensure_ascii=False) + "\n")
                 out.flush()  # a crash keeps every record already finished
-                written += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(tok_s=f"{tokens / max(time.time() - t0, 1e-9):.1f}", epsilon=f"{p.epsilon:.2f}")
+                bar.set_postfix(tok_s=f"{records.stats.tokens / max(time.time() - t0, 1e-9):.1f}", epsilon=f"{p.epsilon:.2f}")
         os.fsync(out.fileno())
     decode_seconds = time.time() - t0
     if bar is not None:
         bar.close()
 
+    st = records.stats
     report = {
         "epsilon": p.epsilon,
         "delta": spec.delta,
         "mechanism": p.config.mechanism,
         "partitions": p.config.partitions,
-        "records": written,
+        "records": st.released,
         "records_planned": spec.records,
-        "empty_records_dropped": empty,
-        "pii": {"policy": spec.pii, "records_touched": pii_touched, "records_dropped": pii_dropped, "entities": dict(pii_found)},
-        "tokens": tokens,
+        "empty_records_dropped": st.empty,
+        "pii": records.pii_report(),
+        "tokens": st.tokens,
         "private_tokens": selector.private_tokens,
         "public_tokens": selector.public_tokens,
-        "tokens_per_second": tokens / decode_seconds if decode_seconds > 0 else 0.0,
+        "tokens_per_second": st.tokens / decode_seconds if decode_seconds > 0 else 0.0,
         "engine": engine.name,
         "model": Path(engine.model_path).name,
         "units": p.units,
         "units_source": p.units_source,
         "rounds": p.rounds,
         "groups": p.groups_per_round,
-        "finish_reasons": dict(reasons),
+        "finish_reasons": dict(st.finish_reasons),
         "out_of_step_groups": engine.stats.out_of_step,
         "seeded": spec.seed is not None,
         "seconds": time.time() - started,

@@ -106,7 +106,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress REAL NOT NULL,
     message TEXT NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    ledger_id INTEGER REFERENCES ledger(id)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
 CREATE TABLE IF NOT EXISTS job_results (
@@ -114,6 +115,11 @@ CREATE TABLE IF NOT EXISTS job_results (
     seq INTEGER NOT NULL,
     record TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS job_groups (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    group_id INTEGER NOT NULL,
+    PRIMARY KEY (job_id, group_id)
 );
 """
 
@@ -486,7 +492,7 @@ class SqliteStore:
 
     _JOB_COLS = (
         "j.id, j.tenant, j.dataset_id, j.request_json, j.state, j.progress, j.message, "
-        "(SELECT COUNT(*) FROM job_results r WHERE r.job_id = j.id), j.created_at, j.updated_at"
+        "(SELECT COUNT(*) FROM job_results r WHERE r.job_id = j.id), j.created_at, j.updated_at, j.ledger_id"
     )
 
     def _job(self, c: sqlite3.Connection, job_id: str, tenant: str | None = None) -> JobInfo:
@@ -495,16 +501,21 @@ class SqliteStore:
             raise NotFound(f"job {job_id!r} not found")
         return JobInfo(*r)
 
-    def create_job(self, tenant: str, dataset_id: str, request_json: str) -> str:
+    def create_job(self, tenant: str, dataset_id: str, request_json: str, ledger_id: int | None = None) -> str:
+        """A queued job; ledger_id names the reservation made for it (reserved first, so a crash
+        in between leaves a charge without a job, never a job without a charge)."""
         require(isinstance(request_json, str), "request_json", "a string", type(request_json).__name__)
         job_id = "job_" + secrets.token_hex(12)
         now = time.time()
         with self._tx() as c:
             self._dataset(c, tenant, dataset_id)
+            if ledger_id is not None:
+                owner = c.execute("SELECT dataset_id FROM ledger WHERE id = ?", (ledger_id,)).fetchone()
+                require(owner is not None and owner[0] == dataset_id, "ledger_id", f"a reservation on dataset {dataset_id}", ledger_id)
             c.execute(
-                "INSERT INTO jobs (id, tenant, dataset_id, request_json, state, progress, message, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'queued', 0.0, '', ?, ?)",
-                (job_id, tenant, dataset_id, request_json, now, now),
+                "INSERT INTO jobs (id, tenant, dataset_id, request_json, state, progress, message, created_at, updated_at, ledger_id)"
+                " VALUES (?, ?, ?, ?, 'queued', 0.0, '', ?, ?, ?)",
+                (job_id, tenant, dataset_id, request_json, now, now, ledger_id),
             )
         return job_id
 
@@ -568,3 +579,16 @@ class SqliteStore:
             f"SELECT {self._JOB_COLS} FROM jobs j WHERE j.state IN ({marks}) ORDER BY j.created_at, j.id", UNFINISHED_JOB_STATES
         ).fetchall()
         return [JobInfo(*r) for r in rows]
+
+    def mark_group_started(self, job_id: str, group_id: int) -> None:
+        """Record, durably and before the engine sees it, that a job's group is being decoded. A
+        job resumed after a restart skips every started group: a group is decoded (and its
+        private rows used) at most once, whether or not its record was stored."""
+        require(isinstance(group_id, int) and group_id >= 0, "group_id", "an integer >= 0", group_id)
+        with self._tx() as c:
+            self._job(c, job_id)
+            c.execute("INSERT OR IGNORE INTO job_groups (job_id, group_id) VALUES (?, ?)", (job_id, group_id))
+
+    def started_groups(self, job_id: str) -> set[int]:
+        rows = self._conn().execute("SELECT group_id FROM job_groups WHERE job_id = ?", (job_id,)).fetchall()
+        return {r[0] for r in rows}

@@ -177,6 +177,44 @@ def test_gate_cap_halts_the_group(engine):
     assert sel.private_tokens == 2 and sel.public_tokens == len(results[0].token_ids) - 2
 
 
+def test_live_source_may_have_nothing_to_admit(engine):
+    """A source shared by many requests yields None when nothing waits: the run goes on with
+    its active groups, admits later arrivals, and ends only when the source is exhausted."""
+    groups = [group(engine, g, 2, 4 + g) for g in range(3)]
+
+    def live():
+        yield None  # idle before anything arrives
+        yield groups[0]
+        for _ in range(3):
+            yield None  # group 0 decodes alone for a few steps
+        yield groups[1]
+        yield None
+        yield groups[2]
+
+    results = {r.group_id: r for r in engine.run(live(), selector())}
+    assert {g: len(r.token_ids) for g, r in results.items()} == {0: 4, 1: 5, 2: 6}
+
+
+class Cancel(Spy):
+    """Halts chosen groups after a number of selected tokens, as a cancelled request does."""
+
+    def __init__(self, inner, after: dict[int, int]):
+        super().__init__(inner)
+        self.after = after
+
+    def halted(self, g):
+        return len(self.chosen.get(g, [])) >= self.after.get(g, 10**9) or self.inner.halted(g)
+
+
+def test_a_halted_group_ends_before_its_next_step_and_the_others_go_on(engine):
+    sel = Cancel(selector(), after={1: 3, 2: 0})
+    results = {r.group_id: r for r in engine.run([group(engine, g, 2, 12) for g in range(3)], sel)}
+    assert results[0].finish_reason == "length" and len(results[0].token_ids) == 12
+    assert results[1].finish_reason == "halted" and len(results[1].token_ids) <= 3
+    assert results[2].finish_reason == "halted" and results[2].token_ids == ()
+    assert 2 not in sel.chosen  # never selected for: it was halted before its first step
+
+
 def test_bad_requests(engine):
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         list(engine.run([GroupRequest(0, (prompt(engine, 0),), prompt(engine, 1), 0)], selector()))

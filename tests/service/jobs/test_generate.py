@@ -99,7 +99,8 @@ def test_fixed_clip_over_budget_is_refused_before_decoding(corpus, tmp_path, eng
     "kwargs,message",
     [
         ({"label_field": "label"}, "labels declared"),
-        ({"label_counts": {"spam": 1}}, "need label_field"),
+        ({"label_counts": {"spam": 3}}, "need label_field"),
+        ({"label_field": "label", "labels": ("a",), "label_counts": {"a": 3}}, "not both"),
         ({"label_field": "label", "label_counts": {"spam": 1, "ham": 1}}, "must sum to records"),
         ({"records": 0}, "greater than or equal to 1"),
         ({"delta": 1.5}, "less than 1"),

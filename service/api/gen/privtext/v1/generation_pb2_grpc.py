@@ -110,9 +110,9 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Asks a queued or running job to stop and returns its state. A job cancelled while
-        QUEUED releases its reservation; one cancelled while RUNNING is charged for what it
-        reserved. Cancelling a finished job is a no-op that returns it unchanged.
+        """Asks a queued or running job to stop and returns its state. The job's reservation stays
+        charged (a ledger entry is never released). Cancelling a finished job is a no-op that
+        returns it unchanged.
         Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -1,0 +1,118 @@
+"""The Generation service: streamed generation and batch jobs over the shared engine.
+
+Every request is charged (DP count once per dataset, then the plan's worst case) before its
+first group reaches the engine; a refusal (RESOURCE_EXHAUSTED with a QuotaFailure) therefore
+always comes before any record. A client that cancels or whose deadline passes stops its
+groups in the engine; its reservation stays charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+
+import grpc
+
+from mechanisms.accounting import epsilon_of
+
+from ..jobs.dataset_job import Admission, decode, mechanism_rng, prepare
+from ..jobs.records import RecordFilter
+from ..store.interface import JobInfo
+from . import convert
+from .errors import ApiError, abort_for
+from .gen.privtext.v1 import generation_pb2_grpc
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.2
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, state: ServerState):
+        self.s = state
+
+    async def _prepare(self, request, context, label: str):
+        tenant = self.s.tenant(context)
+        try:
+            dataset_id, req = convert.job_request(request, self.s.settings)
+        except Exception as e:
+            await abort_for(context, e)
+        prep = await self.s.call(
+            context, prepare, self.s.store, tenant, dataset_id, req, label, self.s.settings.count_noise,
+            subject=f"datasets/{dataset_id}",
+        )
+        await asyncio.to_thread(self.s.refresh_budget, tenant, dataset_id)
+        log.info("%s: dataset %s, %d records, epsilon %.4g reserved (ledger entry %d)", label, dataset_id,
+                 prep.plan.records, prep.plan.epsilon, prep.ledger_id)
+        return prep
+
+    async def Generate(self, request, context):
+        label = f"generate {secrets.token_hex(6)}"
+        prep = await self._prepare(request, context, label)
+        admission = Admission(self.s.scheduler, label)
+        records = RecordFilter(prep.request.pii)
+        rng = mechanism_rng(prep.request.seed, self.s.server_secret, prep.dataset.id)
+        it = decode(prep, self.s.engine, admission, records, rng)
+        index = 0
+        try:
+            while True:
+                rec = await asyncio.to_thread(next, it, None)
+                if rec is None:
+                    break
+                self.s.metrics.tokens.inc(rec.tokens)
+                if rec.released:
+                    self.s.metrics.records.labels(prep.dataset.id).inc()
+                    yield convert.record(index, rec)
+                    index += 1
+        except Exception as e:
+            await abort_for(context, e)
+        finally:
+            admission.cancel()  # client gone, deadline passed, or done: its groups leave the engine
+
+    async def SubmitJob(self, request, context):
+        prep = await self._prepare(request, context, f"job {secrets.token_hex(6)}")
+        info = await self.s.call(context, self.s.runner.submit, prep)
+        return convert.job(info, prep.plan.records, prep.plan.epsilon)
+
+    async def _job(self, context, info: JobInfo):
+        def reserved():
+            req = json.loads(info.request_json)
+            rows = [r for r in self.s.store.ledger_rows(info.tenant, info.dataset_id) if r.id == info.ledger_id]
+            eps = epsilon_of(rows[0].events, self.s.store.get_dataset(info.tenant, info.dataset_id).delta) if rows else 0.0
+            return req["records"], eps
+
+        total, eps = await self.s.call(context, reserved)
+        return convert.job(info, total, eps)
+
+    async def GetJob(self, request, context):
+        info = await self.s.call(context, self.s.store.get_job, request.id, self.s.tenant(context))
+        return await self._job(context, info)
+
+    async def CancelJob(self, request, context):
+        info = await self.s.call(context, self.s.runner.cancel, self.s.tenant(context), request.id)
+        return await self._job(context, info)
+
+    async def StreamJobResults(self, request, context):
+        tenant = self.s.tenant(context)
+        offset = request.offset
+        info = await self.s.call(context, self.s.store.get_job, request.id, tenant)
+        total = json.loads(info.request_json)["records"]
+        if not 0 <= offset <= total:
+            await abort_for(context, ApiError(grpc.StatusCode.OUT_OF_RANGE, f"offset: must be in [0, {total}] (records_total), got {offset}", "offset"))
+        while True:
+            info = await self.s.call(context, self.s.store.get_job, request.id, tenant)
+            rows = await self.s.call(context, self.s.store.results, request.id, offset, None, tenant)
+            for row in rows:
+                yield convert.stored_record(offset, json.loads(row))
+                offset += 1
+            if rows:
+                continue
+            if info.state == "succeeded":
+                return
+            if info.state == "failed":
+                await abort_for(context, ApiError(grpc.StatusCode.ABORTED, f"job {info.id} failed: {info.message}"))
+            if info.state == "cancelled":
+                await abort_for(context, ApiError(grpc.StatusCode.CANCELLED, f"job {info.id} was cancelled"))
+            await asyncio.sleep(POLL_SECONDS)

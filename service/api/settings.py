@@ -1,0 +1,91 @@
+"""Server settings: defaults < YAML file (--config) < environment (PRIVTEXT_*) < flags.
+
+Every field is also an environment variable: `port` is PRIVTEXT_PORT, `api_keys` is
+PRIVTEXT_API_KEYS (JSON). API keys are stored as SHA-256 hashes only (`privtext keys new`
+prints a key and the line to add); with none configured the server is single-tenant and
+refuses to bind anything but loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRIVTEXT_", extra="forbid", frozen=True)
+    _yaml_file: ClassVar[Path | None] = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)  # 0: any free port (tests)
+    data_dir: Path = Path("privtext-data")
+    config_dir: Path = Path.home() / ".config" / "privtext"  # where a generated data key lives
+    engine: str = "auto"
+    model: str | None = None
+    # tenant -> SHA-256 hex digests of its API keys (several: rotation)
+    api_keys: dict[str, list[str]] = Field(default_factory=dict)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus; None: off
+    # limits, enforced with INVALID_ARGUMENT naming the record and the limit
+    max_message_bytes: int = Field(default=4 << 20, ge=1024)
+    max_upload_bytes: int = Field(default=256 << 20, ge=1)
+    max_upload_records: int = Field(default=1_000_000, ge=1)
+    max_record_chars: int = Field(default=2000, ge=1)
+    max_request_records: int = Field(default=10_000, ge=1)
+    max_request_tokens: int = Field(default=512, ge=1)
+    presets: dict[str, float] = Field(default_factory=lambda: {"low": 1.0, "medium": 4.0, "high": 8.0})
+    count_noise: float = Field(default=10.0, gt=0)  # sigma of the DP unit count / label histogram
+    batch_rows: int = Field(default=160, ge=2)
+    max_running_jobs: int = Field(default=4, ge=1)
+    grace_seconds: float = Field(default=10.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config: str | Path | None = None, **flags: Any) -> ServerSettings:
+        """Settings from an optional YAML file, the environment and the given flags (None: unset)."""
+        if config is not None and not Path(config).is_file():
+            raise ValueError(f"--config: no such file {str(config)!r}")
+        sub = type("ServerSettingsFromFile", (cls,), {"_yaml_file": Path(config) if config else None})
+        return sub(**{k: v for k, v in flags.items() if v is not None})
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashes(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for tenant, hashes in v.items():
+            if not tenant:
+                raise ValueError("api_keys: a tenant name must be non-empty")
+            for h in hashes:
+                if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                    raise ValueError(f"api_keys[{tenant}]: each entry must be a SHA-256 hex digest (64 lowercase hex characters); "
+                                     "`privtext keys new` prints one")
+        return v
+
+    @model_validator(mode="after")
+    def _safe(self) -> ServerSettings:
+        if not self.api_keys and not is_loopback(self.host):
+            raise ValueError(f"host: without api_keys the server is single-tenant and binds loopback only, got {self.host!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both or neither")
+        return self

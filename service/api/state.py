@@ -1,0 +1,45 @@
+"""What every servicer shares: one store, one engine scheduler, one job runner, the settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ..engine.interface import Engine
+from ..jobs.dataset_job import JobRunner
+from ..jobs.scheduler import EngineScheduler
+from ..store.interface import Store
+from .auth import ApiKeys, tenant
+from .errors import abort_for
+from .metrics import Metrics
+from .settings import ServerSettings
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    store: Store
+    keys: ApiKeys
+    engine: Engine
+    scheduler: EngineScheduler
+    runner: JobRunner
+    metrics: Metrics
+    server_secret: bytes
+
+    def tenant(self, context: grpc.aio.ServicerContext) -> str:
+        return tenant(self.keys, context)
+
+    async def call(self, context: grpc.aio.ServicerContext, fn: Callable[..., Any], *args, subject: str = "") -> Any:
+        """Run blocking store/job work off the event loop; map its errors to a status."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as e:
+            await abort_for(context, e, subject)
+
+    def refresh_budget(self, tenant_: str, dataset_id: str) -> None:
+        b = self.store.budget(tenant_, dataset_id)
+        self.metrics.epsilon_spent.labels(dataset_id).set(b["spent"])

@@ -1,0 +1,262 @@
+"""Generation from a stored dataset: count (once) -> plan -> reserve -> decode -> records.
+
+The server's path through the same layers `privtext generate` uses. The order is the privacy
+argument:
+1. A DP count (or label histogram) is drawn, then charged and stored in one transaction;
+   only the stored value is ever used (a draw that lost a race or could not be paid for is
+   discarded unseen). Later requests reuse it for free.
+2. The plan is made from that public count and the request's public settings; its worst case
+   is reserved on the dataset's ledger (checked against the cap in the same transaction).
+3. Only then does any group reach the engine. A cancelled or failed request keeps its
+   reservation: its groups were decoded on private data.
+A job resumed after a restart re-derives the same plan from the stored count, checks it
+against its reservation, and skips every group it had started (each group is decoded at most
+once, so nothing is spent twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mechanisms import Plan, count_event, dp_count, dp_histogram, plan
+
+from ..engine.interface import Engine, GroupRequest, GroupResult
+from ..generation.corpus import Corpus, corpus_from_rows
+from ..generation.selector import MechanismSelector
+from ..store.interface import Conflict, DatasetInfo, JobInfo, NotFound, Store
+from .generate import JobRequest, decode_records, label_units, strata_from
+from .records import OutRecord, RecordFilter
+from .scheduler import EngineScheduler, Ticket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request whose cost is reserved: everything the decode loop needs."""
+
+    tenant: str
+    dataset: DatasetInfo
+    request: JobRequest
+    plan: Plan
+    labels: list[str] | None
+    corpus: Corpus
+    secret: bytes  # the dataset's partition secret
+    ledger_id: int
+
+
+def _counts(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, corpus: Corpus, count_noise: float | None,
+            rng: np.random.Generator | None) -> tuple[int, str, dict | None]:
+    """(units, units source, strata) from public counts. With count_noise and rng, a count not
+    yet released is drawn, charged and stored; without them (a resumed job) it must exist."""
+    labels = request.wanted_labels()
+    if labels is not None:
+        if not info.label_field:
+            raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")
+        kind = "label histogram " + json.dumps(labels)
+    elif info.declared_public_units is not None:
+        return max(info.declared_public_units, 1), "declared-public", None
+    else:
+        kind = "unit count"
+    got = store.released_count(tenant, info.id, kind)
+    if got is None:
+        if rng is None:
+            raise RuntimeError(f"the {kind} this job was planned with is missing from the store")
+        if labels is not None:
+            value = dp_histogram(label_units(corpus, labels), count_noise, rng)
+            what = "label histogram"
+        else:
+            value = dp_count(len(corpus.units()), count_noise, rng)
+            what = "unit count"
+        got = store.save_released_count(tenant, info.id, kind, value, [count_event(count_noise, what)])
+    if labels is not None:
+        strata = strata_from(request, {lab: int(v) for lab, v in got.value.items()})
+        return sum(n for n, _ in strata.values()), "dp-count", strata
+    return max(int(got.value), 1), "dp-count", None
+
+
+def _plan(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, units: int, source: str, strata, check: bool) -> Plan:
+    return plan(
+        units=units, records=request.records, max_tokens=request.max_tokens, delta=info.delta,
+        epsilon=request.epsilon, config=request.decoding_config(), units_source=source,
+        ledger=store.ledger(tenant, info.id) if check else None, strata=strata,
+    )
+
+
+def prepare(store: Store, tenant: str, dataset_id: str, request: JobRequest, label: str, count_noise: float) -> Prepared:
+    """Count (once per dataset), plan, reserve. Raises NotFound, ValueError (bad request),
+    mechanisms.CalibrationError, BudgetExceeded / BudgetExhausted (over the cap)."""
+    info = store.get_dataset(tenant, dataset_id)
+    if request.label_counts is not None or request.labels is not None:
+        if not info.label_field:
+            raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")
+    corpus = corpus_from_rows(store.read_records(tenant, dataset_id), info.text_field, info.label_field, info.unit_field)
+    units, source, strata = _counts(store, tenant, info, request, corpus, count_noise, np.random.default_rng(secrets.randbits(128)))
+    p = _plan(store, tenant, info, request, units, source, strata, check=True)
+    row = store.reserve(tenant, dataset_id, label, p.events)
+    return Prepared(tenant, info, request, p, request.wanted_labels(), corpus, store.partition_secret(tenant, dataset_id), row.id)
+
+
+def reprepare(store: Store, job: JobInfo) -> Prepared:
+    """A resumed job's Prepared, from its stored request and counts; never charges anything and
+    refuses to go on unless the plan's events are exactly the ones its reservation paid for."""
+    request = JobRequest.model_validate_json(job.request_json)
+    info = store.get_dataset(job.tenant, job.dataset_id)
+    corpus = corpus_from_rows(store.read_records(job.tenant, job.dataset_id), info.text_field, info.label_field, info.unit_field)
+    units, source, strata = _counts(store, job.tenant, info, request, corpus, None, None)
+    p = _plan(store, job.tenant, info, request, units, source, strata, check=False)
+    paid = [r for r in store.ledger_rows(job.tenant, job.dataset_id) if r.id == job.ledger_id]
+    if not paid or tuple(paid[0].events) != tuple(p.events):
+        raise RuntimeError("the resumed plan differs from the reservation that paid for it")
+    return Prepared(job.tenant, info, request, p, request.wanted_labels(), corpus, store.partition_secret(job.tenant, job.dataset_id), job.ledger_id)
+
+
+def mechanism_rng(seed: int | None, server_secret: bytes, dataset_id: str) -> np.random.Generator:
+    """Fresh randomness, or with a seed (testing) randomness reproducible on this server only:
+    the seed is mixed with the server's secret, so knowing it does not reveal the noise."""
+    if seed is None:
+        return np.random.default_rng(secrets.randbits(128))
+    digest = hmac.new(server_secret, f"mechanism {dataset_id} {seed}".encode(), hashlib.sha256).digest()
+    return np.random.default_rng(int.from_bytes(digest, "big"))
+
+
+class Admission:
+    """The decode function over the shared scheduler, remembering the ticket to cancel it."""
+
+    def __init__(self, scheduler: EngineScheduler, name: str):
+        self.scheduler, self.name = scheduler, name
+        self.ticket: Ticket | None = None
+        self._cancelled = threading.Event()
+
+    def __call__(self, groups: Iterator[GroupRequest], selector: MechanismSelector) -> Iterator[GroupResult]:
+        self.ticket = self.scheduler.open(groups, selector, self.name)
+        if self._cancelled.is_set():
+            self.ticket.cancel()
+        return self.ticket.results()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self.ticket is not None:
+            self.ticket.cancel()
+
+
+def decode(prep: Prepared, engine: Engine, admission: Admission, records: RecordFilter, rng: np.random.Generator,
+           skip: frozenset[int] = frozenset(), on_start: Callable[[int], None] | None = None) -> Iterator[OutRecord]:
+    selector = MechanismSelector(prep.plan.config, rng)
+    return decode_records(prep.request, prep.corpus, prep.plan, prep.labels, prep.secret, engine, admission, selector,
+                          records, skip=skip, on_start=on_start)
+
+
+class JobRunner:
+    """Batch jobs: each runs in its own thread over the shared scheduler, results go to the
+    store as they finish, and unfinished jobs resume after a restart."""
+
+    def __init__(self, store: Store, scheduler: EngineScheduler, engine: Engine, server_secret: bytes,
+                 max_running: int = 4, on_record: Callable[[str, OutRecord], None] | None = None):
+        self.store, self.scheduler, self.engine = store, scheduler, engine
+        self.server_secret = server_secret
+        self._slots = threading.Semaphore(max_running)
+        self._running: dict[str, Admission] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.on_record = on_record
+
+    def submit(self, prep: Prepared) -> JobInfo:
+        job_id = self.store.create_job(prep.tenant, prep.dataset.id, prep.request.model_dump_json(), prep.ledger_id)
+        self._start(job_id, prep)
+        return self.store.get_job(job_id)
+
+    def resume_all(self) -> int:
+        jobs = self.store.list_unfinished_jobs()
+        for job in jobs:
+            self._start(job.id, None)
+        return len(jobs)
+
+    def cancel(self, tenant: str, job_id: str) -> JobInfo:
+        job = self.store.get_job(job_id, tenant)
+        if job.state in ("queued", "running"):
+            try:
+                self.store.update_job(job_id, "cancelled", message="cancelled by the client")
+            except Conflict:
+                pass  # it finished meanwhile
+        with self._lock:
+            adm = self._running.get(job_id)
+        if adm is not None:
+            adm.cancel()
+        return self.store.get_job(job_id, tenant)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Shutdown: stop decoding but leave each job's state as it is, to resume on restart."""
+        self._stopping.set()
+        with self._lock:
+            for adm in self._running.values():
+                adm.cancel()
+            threads = list(self._threads.values())
+        for t in threads:
+            t.join(timeout)
+
+    def _start(self, job_id: str, prep: Prepared | None) -> None:
+        t = threading.Thread(target=self._run, args=(job_id, prep), name=f"job-{job_id}", daemon=True)
+        with self._lock:
+            self._threads[job_id] = t
+        t.start()
+
+    def _run(self, job_id: str, prep: Prepared | None) -> None:
+        with self._slots:
+            try:
+                self._decode(job_id, prep)
+            except Exception as e:
+                log.error("job %s failed: %s", job_id, type(e).__name__)
+                msg = str(e) if isinstance(e, (ValueError, NotFound)) else "generation failed on the server"
+                try:
+                    self.store.update_job(job_id, "failed", message=msg)
+                except Conflict:
+                    pass
+            finally:
+                with self._lock:
+                    self._running.pop(job_id, None)
+                    self._threads.pop(job_id, None)
+
+    def _decode(self, job_id: str, prep: Prepared | None) -> None:
+        job = self.store.get_job(job_id)
+        if job.state not in ("queued", "running") or self._stopping.is_set():
+            return
+        if prep is None:
+            prep = reprepare(self.store, job)
+        adm = Admission(self.scheduler, job_id)
+        with self._lock:
+            self._running[job_id] = adm
+        self.store.update_job(job_id, "running")
+        started = frozenset(self.store.started_groups(job_id))
+        records = RecordFilter(prep.request.pii)
+        total = prep.plan.records
+        seq, done = job.results, len(started)
+        rng = mechanism_rng(prep.request.seed, self.server_secret, prep.dataset.id)
+        for rec in decode(prep, self.engine, adm, records, rng, skip=started,
+                          on_start=lambda g: self.store.mark_group_started(job_id, g)):
+            done += 1
+            if rec.released:
+                self.store.append_result(job_id, seq, json.dumps(rec.to_json(prep.labels is not None), ensure_ascii=False))
+                seq += 1
+            if self.on_record is not None:
+                self.on_record(prep.dataset.id, rec)
+            try:
+                self.store.update_job(job_id, "running", progress=min(done / total, 1.0))
+            except Conflict:
+                adm.cancel()  # cancelled by the client: stop admitting its groups
+        if self._stopping.is_set():
+            return  # shutting down: resumes on restart, skipping every started group
+        try:
+            self.store.update_job(job_id, "succeeded", progress=1.0, message=f"{seq} records; {done} of {total} groups decoded")
+        except Conflict:
+            pass  # cancelled meanwhile

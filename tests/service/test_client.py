@@ -1,22 +1,33 @@
 """`privtext client`: the pure parts (request building, output shapes, error text, chunking,
-resume) directly, then the commands end to end against an in-process fake gRPC server."""
+resume) directly, then the commands end to end: `python -m service.cli client ...` in a subprocess,
+as users run it, against a real privtext server on a loopback port (conftest's `server`), with
+what the command printed checked against what the server holds."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
+import fcntl
 import io
+import ipaddress
 import json
 import os
+import pty
+import struct
+import subprocess
 import sys
-from concurrent import futures
+import termios
+from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from server_kit import KEYS, Client, InProcess, corpus, jsonl
 
 from service import client
-from service.api.gen.privtext.v1 import datasets_pb2, datasets_pb2_grpc, generation_pb2, generation_pb2_grpc
+from service.api.auth import hash_key
+from service.api.gen.privtext.v1 import datasets_pb2, generation_pb2
 
 GEN = ["generate", "--dataset", "ds1", "--max-tokens", "48"]
 
@@ -286,183 +297,322 @@ def test_resume_offset(tmp_path, content, offset, kept):
     assert (path.read_bytes() if path.exists() else None) == kept
 
 
-# --- commands against a fake server ---------------------------------------------------------------
+# --- commands end to end against the real server ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+WRONG_KEY = "pt_wrong_key"
 
 
-def _abort_quota(context):
-    st = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="budget exhausted")
-    st.details.add().Pack(QUOTA)
-    context.abort_with_status(rpc_status.to_status(st))
+def cli(address: str, *argv: str, key: str | None = KEYS["acme"], timeout: float = 120, stderr=None):
+    """`privtext client ARGV --server ADDRESS` as a user runs it, with `key` as PRIVTEXT_API_KEY
+    (None: unset). The connection variables of the calling shell are not inherited."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PRIVTEXT_API_KEY", "PRIVTEXT_SERVER", "PRIVTEXT_TLS_CA")}
+    if key is not None:
+        env["PRIVTEXT_API_KEY"] = key
+    cmd = [sys.executable, "-m", "service.cli", "client", *argv, "--server", address, "--timeout", str(timeout)]
+    if stderr is not None:  # a terminal (pty) for the progress bar: the caller reads it
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout + 60)
 
 
-class FakeDatasets(datasets_pb2_grpc.DatasetsServicer):
-    def __init__(self, seen):
-        self.seen = seen
-
-    def UploadDataset(self, request_iterator, context):
-        self.seen["metadata"] = dict(context.invocation_metadata())
-        self.seen["upload"] = list(request_iterator)
-        spec = self.seen["upload"][0].spec
-        return datasets_pb2.Dataset(id="ds-new", name=spec.name, records=2, epsilon_cap=spec.epsilon_cap,
-                                    delta=spec.delta, units_source="private")
-
-    def GetBudget(self, request, context):
-        self.seen["metadata"] = dict(context.invocation_metadata())
-        if request.id == "poor":
-            _abort_quota(context)
-        return BUDGET
+def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p
 
 
-class FakeGeneration(generation_pb2_grpc.GenerationServicer):
-    RECORDS = [generation_pb2.SyntheticRecord(index=i, text=f"r{i}", tokens=3, finish_reason="stop") for i in range(5)]
+def failed(p: subprocess.CompletedProcess, code: int = 1) -> list[str]:
+    """The stderr lines of a command that exited with `code` and printed no records or ids."""
+    assert p.returncode == code, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert p.stdout == ""
+    return p.stderr.splitlines()
 
-    def __init__(self, seen):
-        self.seen = seen
 
-    def Generate(self, request, context):
-        self.seen["generate"] = request
-        yield from self.RECORDS[: request.records]
+def last_line(p: subprocess.CompletedProcess) -> str:
+    return ok(p).stdout.splitlines()[-1]
 
-    def SubmitJob(self, request, context):
-        self.seen["submit"] = request
-        return generation_pb2.Job(id="job-7", dataset_id=request.dataset_id, state=generation_pb2.JOB_STATE_QUEUED,
-                                  records_total=request.records, epsilon_reserved=request.epsilon)
 
-    def StreamJobResults(self, request, context):
-        self.seen["results"] = request
-        yield from self.RECORDS[request.offset:]
+def dataset_ids(c: Client) -> list[str]:
+    return [d.id for d in c.datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), metadata=c.md, timeout=30).datasets]
+
+
+def get_job(c: Client, job_id: str) -> generation_pb2.Job:
+    return c.generation.GetJob(generation_pb2.GetJobRequest(id=job_id), metadata=c.md, timeout=30)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def assert_records(recs: list[dict], max_tokens: int, most: int) -> None:
+    """Records as the client writes them: indexes 0.., the four fields, tokens within the request."""
+    assert 1 <= len(recs) <= most
+    assert [r["index"] for r in recs] == list(range(len(recs)))
+    for r in recs:
+        assert {"index", "text", "tokens", "finish_reason"} <= r.keys() <= {"index", "text", "label", "tokens", "finish_reason", "pii"}
+        assert isinstance(r["text"], str) and 1 <= r["tokens"] <= max_tokens and r["finish_reason"] in ("stop", "length")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_upload_prints_the_id_of_a_dataset_the_server_holds(server, acme, tmp_path, fmt):
+    rows = corpus(40)  # texts with commas and quotes: the CSV writer quotes them, the server reads them back
+    path = tmp_path / f"sms.{fmt}"
+    if fmt == "jsonl":
+        path.write_bytes(jsonl(rows))
+        extra = []
+    else:
+        write_csv(path, rows)
+        extra = ["--declared-public-units", "5000"]
+    p = ok(cli(server.address, "upload", str(path), "--name", f"sms-{fmt}", "--label-field", "label",
+               "--epsilon-cap", "8", "--delta", "1e-3", *extra))
+    ds_id = last_line(p)
+    ds = acme.datasets.GetDataset(datasets_pb2.GetDatasetRequest(id=ds_id), metadata=acme.md, timeout=30)
+    assert (ds.id, ds.name, ds.records) == (ds_id, f"sms-{fmt}", 40)
+    assert (ds.fields.text_field, ds.fields.label_field, ds.epsilon_cap, ds.delta) == ("text", "label", 8, 1e-3)
+    assert ds.units_source == ("declared" if extra else "private")  # --declared-public-units sent only when given
+    assert f"uploaded 'sms-{fmt}': 40 records, epsilon cap 8, delta 0.001, units {ds.units_source}" in p.stderr
+
+
+def test_upload_draws_a_byte_progress_bar_on_a_terminal(server, acme, tmp_path):
+    (path := tmp_path / "sms.jsonl").write_bytes(jsonl(corpus(20)))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    try:
+        proc = cli(server.address, "upload", str(path), "--name", "tty", "--epsilon-cap", "8", "--delta", "1e-3", stderr=slave)
+        os.close(slave)
+        slave = None
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            err += chunk
+        out = proc.stdout.read()
+        assert proc.wait(120) == 0, err.decode(errors="replace")
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    text = err.decode(errors="replace")
+    assert "100%" in text and "B/s" in text and "uploaded 'tty': 20 records" in text
+    assert acme.datasets.GetDataset(datasets_pb2.GetDatasetRequest(id=out.splitlines()[-1]), metadata=acme.md).records == 20
+
+
+@pytest.mark.parametrize("name,flag", [("missing.jsonl", "FILE"), ("corpus.txt", "--format")])
+def test_upload_bad_local_input_exits_2_and_creates_nothing(server, acme, tmp_path, name, flag):
+    if name != "missing.jsonl":
+        (tmp_path / name).write_bytes(jsonl(corpus(3)))
+    before = dataset_ids(acme)
+    err = failed(cli(server.address, "upload", str(tmp_path / name), "--name", "n", "--epsilon-cap", "1", "--delta", "1e-3"), 2)
+    assert err[-1].startswith("privtext: error: ") and flag in err[-1]
+    assert dataset_ids(acme) == before
+
+
+def test_generate_writes_records_and_the_budget_shows_the_charge(server, acme, tmp_path):
+    ds = acme.upload("gen", corpus(40))
+    out = tmp_path / "out.jsonl"
+    p = ok(cli(server.address, "generate", "--dataset", ds.id, "--records", "2", "--max-tokens", "6", "--epsilon", "1",
+               "--partitions", "4", "--seed", "3", "--out", str(out)))
+    assert p.stdout == ""  # records went to --out
+    recs = read_jsonl(out)
+    assert_records(recs, max_tokens=6, most=2)
+    assert f"{len(recs)} records, {sum(r['tokens'] for r in recs)} tokens in " in p.stderr and str(out) in p.stderr
+
+    b = json.loads(last_line(cli(server.address, "budget", "--dataset", ds.id, "--json")))
+    assert b == client.budget_to_json(acme.budget(ds.id))  # the JSON is the server's budget
+    labels = [e["label"] for e in b["entries"]]
+    assert labels[0] == "released unit count" and len(labels) == 2 and labels[1].startswith("generate ")
+    assert b["entries"][1]["epsilon"] == pytest.approx(1.0, rel=1e-3)
+    assert b["epsilon_cap"] == 8 and 1.0 < b["spent"] < b["epsilon_cap"] and b["remaining"] < 8
+
+    table = ok(cli(server.address, "budget", "--dataset", ds.id)).stdout.rstrip("\n")
+    assert table == client.format_budget(acme.budget(ds.id))
+    assert any(line.startswith(labels[1] + " ") for line in table.splitlines())
+
+
+def test_generate_to_stdout_with_label_counts(server, acme):
+    ds = acme.upload("labelled", corpus(40), label_field="label")
+    p = ok(cli(server.address, "generate", "--dataset", ds.id, "--label-counts", "spam=1,ham=1", "--max-tokens", "4",
+               "--epsilon", "1", "--partitions", "4"))
+    recs = [json.loads(x) for x in p.stdout.splitlines()]  # nothing but records on stdout
+    assert_records(recs, max_tokens=4, most=2)
+    assert sorted(r["label"] for r in recs) in (["ham"], ["spam"], ["ham", "spam"])
+    assert [e.label.split()[0] for e in acme.budget(ds.id).entries] == ["released", "generate"]
+
+
+def test_exhausted_budget_exits_1_with_the_quota_and_writes_no_record(server, acme, tmp_path):
+    ds = acme.upload("small-cap", corpus(40), epsilon_cap=1.0)
+    out = tmp_path / "out.jsonl"
+    err = failed(cli(server.address, "generate", "--dataset", ds.id, "--records", "2", "--max-tokens", "6", "--epsilon", "5",
+                     "--partitions", "4", "--out", str(out)))
+    assert err[0].startswith("error: RESOURCE_EXHAUSTED: ")
+    assert len(err) >= 2 and all(x.startswith("  quota: ") for x in err[1:])  # the quota lines follow the error line
+    assert any(x.startswith(f"  quota: datasets/{ds.id}: ") and "epsilon remaining" in x for x in err)
+    assert out.read_text() == ""  # opened, nothing written
+    assert [e.label for e in acme.budget(ds.id).entries] == ["released unit count"]  # no generate entry
+
+
+def test_invalid_request_exits_1_naming_the_field(server, acme):
+    ds = acme.upload("bad-request", corpus(12))
+    err = failed(cli(server.address, "generate", "--dataset", ds.id, "--records", "1", "--max-tokens", "65", "--epsilon", "1"))
+    assert err[0].startswith("error: INVALID_ARGUMENT: max_tokens: ") and "64" in err[0]
+    assert err[1:] == [f"  field: max_tokens: {err[0].removeprefix('error: INVALID_ARGUMENT: ')}"]
+    assert list(acme.budget(ds.id).entries) == []
+
+
+def test_bad_label_counts_exit_2_before_any_call(server, acme):
+    ds = acme.upload("bad-local", corpus(12))
+    err = failed(cli(server.address, "generate", "--dataset", ds.id, "--max-tokens", "4", "--epsilon", "1",
+                     "--label-counts", "spam:2"), 2)
+    assert err[-1].startswith("privtext: error: --label-counts")
+    assert list(acme.budget(ds.id).entries) == []  # nothing reached the server
+
+
+@pytest.mark.parametrize("key", [None, WRONG_KEY])
+def test_missing_or_wrong_key_exits_1_unauthenticated(server, acme, key):
+    ds = acme.upload("keyed", corpus(12))
+    for argv in (["datasets", "list"], ["budget", "--dataset", ds.id],
+                 ["generate", "--dataset", ds.id, "--records", "1", "--max-tokens", "2", "--epsilon", "1"]):
+        err = failed(cli(server.address, *argv, key=key))
+        assert err == ["error: UNAUTHENTICATED: missing or unknown API key (metadata 'x-api-key')"], argv
+    assert list(acme.budget(ds.id).entries) == []
+
+
+def test_another_tenants_dataset_is_not_found(server, acme, globex):
+    ds = acme.upload("acme-only", corpus(12))
+    for argv in (["datasets", "get", ds.id], ["budget", "--dataset", ds.id], ["datasets", "delete", ds.id]):
+        err = failed(cli(server.address, *argv, key=KEYS["globex"]))
+        assert err[0].startswith("error: NOT_FOUND: "), argv
+    assert ds.id not in ok(cli(server.address, "datasets", "list", key=KEYS["globex"])).stdout
+    assert ds.id in dataset_ids(acme)  # globex's delete did nothing
+
+
+def test_jobs_submit_results_status_and_resume(server, acme, tmp_path):
+    ds = acme.upload("jobs", corpus(40))
+    p = ok(cli(server.address, "jobs", "submit", "--dataset", ds.id, "--records", "3", "--max-tokens", "5", "--epsilon", "1",
+               "--partitions", "4"))
+    job_id = last_line(p)
+    assert "submitted: 3 records, epsilon reserved 1" in p.stderr
+
+    out = tmp_path / "r.jsonl"
+    p = ok(cli(server.address, "jobs", "results", job_id, "--out", str(out)))  # follows the job until it is done
+    recs = read_jsonl(out)
+    job = get_job(acme, job_id)
+    assert job.state == generation_pb2.JOB_STATE_SUCCEEDED and job.records_done == len(recs)
+    assert_records(recs, max_tokens=5, most=3)
+    assert f"{len(recs)} records, " in p.stderr
+
+    status = json.loads(ok(cli(server.address, "jobs", "status", job_id, "--json")).stdout)
+    assert (status["id"], status["dataset_id"], status["state"]) == (job_id, ds.id, "JOB_STATE_SUCCEEDED")
+    assert (status["records_done"], status["records_total"]) == (len(recs), 3)
+    text = ok(cli(server.address, "jobs", "status", job_id)).stdout.splitlines()
+    assert "state    SUCCEEDED" in text and f"records  {len(recs)}/3" in text
+
+    # an interrupted --out (one line and a torn one) resumes after its complete lines
+    full = out.read_text(encoding="utf-8")
+    out.write_text(full.splitlines(keepends=True)[0] + '{"index": 1, "te', encoding="utf-8")
+    p = ok(cli(server.address, "jobs", "results", job_id, "--out", str(out)))
+    assert "resuming after the 1 records already in" in p.stderr and out.read_text(encoding="utf-8") == full
+    # --offset to stdout skips that many
+    p = ok(cli(server.address, "jobs", "results", job_id, "--offset", "1"))
+    assert [json.loads(x) for x in p.stdout.splitlines()] == recs[1:]
+
+
+def test_jobs_cancel_a_long_job(server, acme):
+    ds = acme.upload("long-job", corpus(40))
+    job_id = last_line(cli(server.address, "jobs", "submit", "--dataset", ds.id, "--records", "30", "--max-tokens", "60",
+                           "--epsilon", "1", "--partitions", "4"))
+    assert ok(cli(server.address, "jobs", "cancel", job_id)).stdout.splitlines() == [f"job {job_id}: CANCELLED"]
+    assert get_job(acme, job_id).state == generation_pb2.JOB_STATE_CANCELLED
+    assert "state    CANCELLED" in ok(cli(server.address, "jobs", "status", job_id)).stdout.splitlines()
+    err = failed(cli(server.address, "jobs", "results", job_id))
+    assert err == [f"error: CANCELLED: job {job_id} was cancelled"]
+
+
+def test_datasets_list_get_delete(server, acme):
+    ds = acme.upload("listed", corpus(12))
+    listing = ok(cli(server.address, "datasets", "list")).stdout.splitlines()
+    assert f"{ds.id}  listed  records=12  epsilon_cap=8  delta=0.001" in listing
+    as_json = json.loads(ok(cli(server.address, "datasets", "list", "--json")).stdout)
+    assert ds.id in [d["id"] for d in as_json["datasets"]] and len(as_json["datasets"]) == len(listing)
+
+    got = json.loads(ok(cli(server.address, "datasets", "get", ds.id, "--json")).stdout)
+    assert (got["id"], got["name"], got["records"], got["units_source"]) == (ds.id, "listed", 12, "private")
+    assert got["fields"] == {"text_field": "text", "label_field": "", "unit_field": ""}
+    text = ok(cli(server.address, "datasets", "get", ds.id)).stdout.splitlines()
+    assert f"{'id':<13}{ds.id}" in text and f"{'name':<13}listed" in text and f"{'records':<13}12" in text
+
+    assert ok(cli(server.address, "datasets", "delete", ds.id)).stdout.splitlines() == [f"deleted {ds.id}"]
+    assert ds.id not in dataset_ids(acme)
+    for argv in (["datasets", "get", ds.id], ["datasets", "delete", ds.id]):
+        err = failed(cli(server.address, *argv))
+        assert err[0].startswith("error: NOT_FOUND: "), argv
+    assert ds.id not in ok(cli(server.address, "datasets", "list")).stdout
+
+
+# --- TLS: a second real server with a self-signed certificate ---------------------------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) for 127.0.0.1, the certificate its own root."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "privtext test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (cert_path := directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (key_path := directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
-def server():
-    seen: dict = {}
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    datasets_pb2_grpc.add_DatasetsServicer_to_server(FakeDatasets(seen), srv)
-    generation_pb2_grpc.add_GenerationServicer_to_server(FakeGeneration(seen), srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    yield f"127.0.0.1:{port}", seen
-    srv.stop(None)
+def tls_server(engine, tmp_path_factory):
+    from service.api.settings import ServerSettings
+
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = self_signed(root)
+    settings = ServerSettings(port=0, data_dir=root / "data", config_dir=root / "config",
+                              api_keys={t: [hash_key(k)] for t, k in KEYS.items()}, tls_cert=cert, tls_key=key, batch_rows=8)
+    s = InProcess(settings, engine)
+    s.cert = cert
+    yield s
+    s.stop()
 
 
-def run(server, *argv: str) -> int:
-    address, seen = server
-    seen.clear()
-    ns = parse(*argv, "--server", address, "--timeout", "10")
-    return ns.func(ns)
+def test_tls_ca_reaches_a_tls_server(tls_server, tmp_path):
+    (path := tmp_path / "c.jsonl").write_bytes(jsonl(corpus(5)))
+    ds_id = last_line(cli(tls_server.address, "upload", str(path), "--name", "over-tls", "--epsilon-cap", "1", "--delta", "1e-3",
+                          "--tls-ca", str(tls_server.cert)))
+    listing = ok(cli(tls_server.address, "datasets", "list", "--tls-ca", str(tls_server.cert))).stdout.splitlines()
+    assert listing == [f"{ds_id}  over-tls  records=5  epsilon_cap=1  delta=0.001"]
+    # plaintext to the TLS port, and TLS with roots that do not sign its certificate, do not connect
+    err = failed(cli(tls_server.address, "datasets", "list", timeout=10))
+    assert err[0].startswith("error: UNAVAILABLE: ")
+    other, _ = self_signed(tmp_path)
+    err = failed(cli(tls_server.address, "datasets", "list", "--tls-ca", str(other), timeout=10))
+    assert err[0].startswith("error: UNAVAILABLE: ")
 
 
-def test_upload_streams_the_file_and_prints_the_id_last(server, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("PRIVTEXT_API_KEY", "k-123")
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # with the progress bar
-    data = b"text,label\n" + b"".join(b"message %d,ham\n" % i for i in range(200_000))
-    (path := tmp_path / "corpus.csv").write_bytes(data)
-    code = run(server, "upload", "--name", "sms", "--epsilon-cap", "8", "--delta", "1e-6",
-               "--declared-public-units", "5000", "--label-field", "label", str(path))
-    assert code == 0
-    reqs = server[1]["upload"]
-    spec = reqs[0].spec
-    assert (spec.name, spec.format, spec.text_field, spec.label_field, spec.unit_field) == ("sms", "csv", "text", "label", "")
-    assert spec.HasField("declared_public_units") and spec.declared_public_units == 5000
-    assert len(reqs) > 2 and b"".join(r.chunk for r in reqs[1:]) == data
-    assert server[1]["metadata"][client.API_KEY_HEADER] == "k-123"
-    out, err = capsys.readouterr()
-    assert out.splitlines()[-1] == "ds-new" and "uploaded 'sms': 2 records" in err
-    assert "100%" in err and "B/s" in err  # the byte-scaled bar was drawn on stderr
-
-
-def test_upload_without_declared_units_leaves_it_unset(server, tmp_path, monkeypatch):
-    monkeypatch.delenv("PRIVTEXT_API_KEY", raising=False)
-    (path := tmp_path / "c.json").write_text('{"text": "a"}\n')
-    assert run(server, "upload", "--name", "n", "--epsilon-cap", "1", "--delta", "1e-6", str(path)) == 0
-    assert not server[1]["upload"][0].spec.HasField("declared_public_units")
-    assert server[1]["upload"][0].spec.format == "jsonl"
-    assert client.API_KEY_HEADER not in server[1]["metadata"]
-
-
-@pytest.mark.parametrize(
-    "name,extra,flag",
-    [("missing.jsonl", [], "FILE"), ("corpus.txt", [], "--format")],
-)
-def test_upload_bad_local_input_exits_2(server, tmp_path, capsys, name, extra, flag):
-    if name != "missing.jsonl":
-        (tmp_path / name).write_text("x\n")
-    code = run(server, "upload", "--name", "n", "--epsilon-cap", "1", "--delta", "1e-6", *extra, str(tmp_path / name))
-    assert code == 2 and "upload" not in server[1]
-    assert flag in capsys.readouterr().err
-
-
-def test_generate_writes_jsonl_to_out(server, tmp_path, capsys):
-    out = tmp_path / "syn.jsonl"
-    assert run(server, *GEN, "--records", "3", "--epsilon", "2", "--out", str(out)) == 0
-    assert server[1]["generate"] == client.build_generate_request(parse(*GEN, "--records", "3", "--epsilon", "2"))
-    assert [json.loads(x) for x in out.read_text().splitlines()] == [
-        {"index": i, "text": f"r{i}", "tokens": 3, "finish_reason": "stop"} for i in range(3)]
-    assert "3 records, 9 tokens in" in capsys.readouterr().err
-
-
-def test_generate_bad_label_counts_exit_2_without_a_call(server, capsys):
-    assert run(server, *GEN, "--epsilon", "2", "--label-counts", "spam:2") == 2
-    assert "generate" not in server[1] and "--label-counts" in capsys.readouterr().err
-
-
-def test_jobs_submit_prints_the_job_id_last(server, capsys):
-    assert run(server, "jobs", "submit", *GEN[1:], "--records", "4", "--epsilon", "1.5") == 0
-    assert server[1]["submit"].records == 4
-    assert capsys.readouterr().out.splitlines()[-1] == "job-7"
-
-
-def test_jobs_results_resume_from_the_lines_in_out(server, tmp_path):
-    out = tmp_path / "job.jsonl"
-    out.write_text('{"index": 0}\n{"index": 1}\n{"ind')
-    assert run(server, "jobs", "results", "job-7", "--out", str(out)) == 0
-    assert server[1]["results"].offset == 2
-    assert [json.loads(x)["index"] for x in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
-
-
-def test_jobs_results_explicit_offset_overwrites_out(server, tmp_path, capsys):
-    out = tmp_path / "job.jsonl"
-    out.write_text("old\n")
-    assert run(server, "jobs", "results", "job-7", "--offset", "3", "--out", str(out)) == 0
-    assert server[1]["results"].offset == 3
-    assert [json.loads(x)["index"] for x in out.read_text().splitlines()] == [3, 4]
-
-
-def test_budget_json_and_table(server, capsys):
-    assert run(server, "budget", "--dataset", "ds1", "--json") == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == client.budget_to_json(BUDGET)
-    assert run(server, "budget", "--dataset", "ds1") == 0
-    assert capsys.readouterr().out.strip() == client.format_budget(BUDGET)
-
-
-def test_rpc_error_with_quota_failure_exits_1(server, capsys):
-    assert run(server, "budget", "--dataset", "poor") == 1
-    assert capsys.readouterr().err.splitlines() == [
-        "error: RESOURCE_EXHAUSTED: budget exhausted",
-        "  quota: dataset ds1: remaining epsilon 0.5 < requested 2",
-        "  quota: caller alice: 3 running jobs",
-    ]
-
-
-def test_unimplemented_rpc_exits_1(server, capsys):
-    assert run(server, "datasets", "list") == 1
-    assert capsys.readouterr().err.startswith("error: UNIMPLEMENTED: ")
-
-
-def test_tls_ca_unreadable_exits_2(server, tmp_path, capsys):
-    assert run(server, "datasets", "list", "--tls-ca", str(tmp_path / "none.pem")) == 2
-    assert "--tls-ca" in capsys.readouterr().err
-
-
-def test_tls_ca_makes_a_secure_channel_with_those_roots(server, tmp_path, monkeypatch):
-    (ca := tmp_path / "ca.pem").write_bytes(b"PEM BYTES")
-    made = {}
-
-    def fake_secure_channel(target, credentials):
-        made["target"] = target
-        return grpc.insecure_channel(target)  # the fake server speaks plaintext
-
-    monkeypatch.setattr(grpc, "ssl_channel_credentials", lambda root_certificates: made.setdefault("roots", root_certificates))
-    monkeypatch.setattr(grpc, "secure_channel", fake_secure_channel)
-    assert run(server, "budget", "--dataset", "ds1", "--tls-ca", str(ca)) == 0
-    assert made == {"roots": b"PEM BYTES", "target": server[0]}
+def test_tls_ca_unreadable_exits_2(tls_server, tmp_path):
+    err = failed(cli(tls_server.address, "datasets", "list", "--tls-ca", str(tmp_path / "none.pem")), 2)
+    assert err == [f"privtext: error: --tls-ca: cannot read {tmp_path / 'none.pem'}: No such file or directory"]

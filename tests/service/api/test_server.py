@@ -232,6 +232,12 @@ def test_reflection_and_metrics(server, acme):
     services = set(db.get_services())
     assert {"privtext.v1.Datasets", "privtext.v1.Generation", "grpc.health.v1.Health"} <= services
     assert db.FindFileContainingSymbol("privtext.v1.Generation").name.endswith("generation.proto")
+    from grpc_requests import Client as GenericClient  # knows nothing of privtext: reflection only
+
+    generic = GenericClient.get_by_endpoint(server.address)
+    ds = acme.upload("generic", corpus(12))
+    budget = generic.request("privtext.v1.Datasets", "GetBudget", {"id": ds.id}, metadata=list(acme.md))
+    assert budget["epsilon_cap"] == 8.0 and budget.get("entries", []) == []
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=10).read().decode()
     for name in ("privtext_tokens_total", "privtext_records_total", "privtext_epsilon_spent", "privtext_active_groups",
                  "privtext_queue_depth", "privtext_request_seconds_bucket"):

@@ -1,4 +1,4 @@
-"""Fixtures: a real privtext server on a loopback port for the module (one engine)."""
+"""Fixtures: a real privtext server on a loopback port, one per test module (one engine per session)."""
 
 from __future__ import annotations
 

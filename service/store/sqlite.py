@@ -320,11 +320,12 @@ class SqliteStore:
         return [self._row_to_info(r) for r in rows]
 
     def delete_dataset(self, tenant: str, dataset_id: str) -> None:
-        """Erase the records, the data key and the partition secret; keep a tombstone (name, cap,
+        """Erase the records, the jobs' results, the data key and the partition secret; keep a tombstone (name, cap,
         deleted_at), the ledger and the released counts, so what was spent is never forgotten."""
         with self._tx() as c:
             self._dataset(c, tenant, dataset_id)
             c.execute("DELETE FROM records WHERE dataset_id = ?", (dataset_id,))
+            c.execute("DELETE FROM job_results WHERE job_id IN (SELECT id FROM jobs WHERE dataset_id = ?)", (dataset_id,))
             c.execute(
                 "UPDATE datasets SET deleted_at = ?, wrapped_key = NULL, secret = NULL WHERE id = ?", (time.time(), dataset_id)
             )

@@ -312,7 +312,9 @@ def cli(address: str, *argv: str, key: str | None = KEYS["acme"], timeout: float
     cmd = [sys.executable, "-m", "service.cli", "client", *argv, "--server", address, "--timeout", str(timeout)]
     if stderr is not None:  # a terminal (pty) for the progress bar: the caller reads it
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout + 60)
+    import time; t=time.time()
+    r= subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout + 60)
+    print("TIME", round(time.time()-t,2), argv[:2], flush=True); return r
 
 
 def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -248,8 +248,11 @@ def test_reflection_and_metrics(server, acme):
 def test_delete_erases_records_and_keeps_the_ledger(acme):
     ds = acme.upload("to-delete", corpus(12))
     acme.generate(ds.id, records=1, max_tokens=2, epsilon=0.5)
+    job = acme.generation.SubmitJob(request(ds.id, records=1, max_tokens=2, epsilon=0.5), metadata=acme.md)
+    list(acme.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=acme.md, timeout=120))
     acme.datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(id=ds.id), metadata=acme.md)
     with pytest.raises(grpc.RpcError) as e:
         acme.generate(ds.id)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
-    assert len(acme.budget(ds.id).entries) == 2  # what was spent stays visible
+    assert len(acme.budget(ds.id).entries) == 3  # what was spent stays visible
+    assert list(acme.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=acme.md)) == []

@@ -107,10 +107,7 @@ def budget(b: dict, rows: list[LedgerRow]) -> datasets_pb2.Budget:
 
 
 def record(index: int, rec: OutRecord) -> generation_pb2.SyntheticRecord:
-    return generation_pb2.SyntheticRecord(
-        index=index, text=rec.text, label=rec.label or "", tokens=rec.tokens, finish_reason=FINISH.get(rec.finish_reason, rec.finish_reason),
-        findings=[generation_pb2.PiiFinding(entity_type=k, count=v) for k, v in sorted(rec.findings.items())],
-    )
+    return stored_record(index, rec.to_json(with_label=True))
 
 
 def stored_record(index: int, row: dict) -> generation_pb2.SyntheticRecord:

@@ -113,6 +113,10 @@ class TransformersEngine(Engine):
                 new: list[_Active] = []
                 rows_free = max_batch_rows - batch.rows
                 while (req := self._peek(waiting, source, max_batch_rows)) is not None:
+                    if selector is not None and selector.halted(req.group_id):
+                        waiting.popleft()  # halted (cancelled) while waiting for room: never admitted
+                        yield GroupResult(req.group_id, (), "", "halted")
+                        continue
                     need = req.n_rows
                     if need > rows_free:
                         break

@@ -171,6 +171,10 @@ class VllmEngine(Engine):
             # Admit whole groups while their rows fit and their prompts prefill in one step.
             budget = self.max_num_batched_tokens - running_rows
             while (req := self._peek(waiting, source, limit_rows)) is not None:
+                if private and self._selector is not None and self._selector.halted(req.group_id):
+                    waiting.popleft()  # halted (cancelled) while waiting for room: never admitted
+                    yield GroupResult(req.group_id, (), "", "halted")
+                    continue
                 tokens = sum(len(r) for r in (*req.rows, req.public))
                 if tokens > self.max_num_batched_tokens:
                     raise EngineError(f"group {req.group_id} has {tokens} prompt tokens, over max_num_batched_tokens {self.max_num_batched_tokens}")

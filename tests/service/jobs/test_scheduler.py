@@ -20,13 +20,6 @@ from service.generation.selector import MechanismSelector  # noqa: E402
 from service.jobs.scheduler import EngineScheduler, SchedulerClosed  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def engine():
-    from service.engine.loader import load_engine
-
-    return load_engine("transformers")
-
-
 @pytest.fixture()
 def scheduler(engine, request):
     """A fresh scheduler per test (the engine is not re-entrant: only one runs at a time);
@@ -44,11 +37,24 @@ def scheduler(engine, request):
         assert not s._thread.is_alive(), "the engine thread outlived close()"
 
 
-def grp(engine, gid: int, tag: str, private_rows: int = 1, max_tokens: int = 3) -> GroupRequest:
-    """A tiny group: identical private rows (their logits must stay identical: a mixed-up block
-    would differ), a public row, a fixed number of tokens."""
+def grp(engine, gid: int, tag: str, private_rows: int = 1, max_tokens: int = 3, public: str = "hi") -> GroupRequest:
+    """A tiny group: identical private rows, a public row, a fixed number of tokens."""
     row = engine.encode_chat(f"Say {tag}.")
-    return GroupRequest(gid, (row,) * private_rows, engine.encode_chat("Say hi."), max_tokens, ignore_eos=True)
+    return GroupRequest(gid, (row,) * private_rows, engine.encode_chat(f"Say {public}."), max_tokens, ignore_eos=True)
+
+
+def first_logits(engine, ids) -> np.ndarray:
+    """The next-token logits of a prompt by a plain forward (no cache, no batch): what a group's
+    first step must show its selector."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one short prompt: far quicker on one thread when the cores are busy
+    try:
+        with torch.inference_mode():
+            return engine.model(input_ids=torch.tensor([list(ids)], device=engine.device)).logits[0, -1].float().cpu().numpy()
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Recording:
@@ -96,20 +102,24 @@ def wait_for(cond, timeout: float = 60, what: str = "condition") -> None:
 
 def test_concurrent_tickets_get_their_own_results_and_see_only_their_own_rows(engine, scheduler):
     """Three tickets opened from three threads all use local group ids 0 and 1, with different
-    row counts and lengths, decoding in one batch. Each gets back exactly its groups, under its
-    own ids, with the tokens its own selector chose; its selector was only ever shown its own
-    groups, with its own row counts, and rows that stayed identical (no rows of another ticket)."""
+    row counts, prompts and lengths, decoding in one batch. Each gets back exactly its groups,
+    under its own ids, with the tokens its own selector chose; its selector was only ever shown
+    its own groups, with its own row counts, and at each group's first step exactly the logits
+    of that group's own prompts (no row of another group or ticket)."""
     sched = scheduler(160)
     n_tickets = 3
     sels = [Recording(seed=k) for k in range(n_tickets)]
     max_tokens = {(k, g): 2 + 2 * k + g for k in range(n_tickets) for g in range(2)}
+    reqs = {(k, g): grp(engine, g, f"ticket {k} group {g}", private_rows=k + 2, max_tokens=max_tokens[(k, g)], public=f"hi to {k}")
+            for k in range(n_tickets) for g in range(2)}
+    ref = {p: first_logits(engine, p) for r in reqs.values() for p in (r.rows[0], r.public)}
+    expect = {kg: (ref[r.rows[0]], ref[r.public]) for kg, r in reqs.items()}
     barrier = threading.Barrier(n_tickets)
 
     def client(k: int):
-        groups = [grp(engine, g, f"ticket {k}", private_rows=k + 2, max_tokens=max_tokens[(k, g)]) for g in range(2)]
         barrier.wait()
-        t = sched.open(iter(groups), sels[k], name=f"t{k}")
-        return list(t.results(timeout=120))
+        t = sched.open(iter([reqs[(k, 0)], reqs[(k, 1)]]), sels[k], name=f"t{k}")
+        return list(t.results(timeout=300))
 
     with concurrent.futures.ThreadPoolExecutor(n_tickets) as pool:
         results = list(pool.map(client, range(n_tickets)))
@@ -124,14 +134,19 @@ def test_concurrent_tickets_get_their_own_results_and_see_only_their_own_rows(en
         assert {g for ids in sel.selected for g in ids} == {0, 1}
         assert sel.asked_halted <= {0, 1}
         assert sorted(sel.released) == [0, 1]
+        first_step = set()
         for ids, priv, sizes, pub in sel.blocks:
             assert list(sizes) == [k + 2] * len(ids)
             assert priv.shape[0] == sizes.sum() and pub.shape[0] == len(ids)
-            for i in range(len(ids)):
+            for i, g in enumerate(ids):
                 block = priv[i * (k + 2):(i + 1) * (k + 2)]
                 assert np.abs(block - block[0]).max() < 1e-3, f"ticket {k}: a block mixed rows of different prompts"
-    # every finished token was counted once
-    assert sched.tokens == sum(max_tokens.values())
+                if g not in first_step:  # the group's first step: the logits of its own prompts
+                    first_step.add(g)
+                    np.testing.assert_allclose(block[0], expect[(k, g)][0], atol=2e-3)
+                    np.testing.assert_allclose(pub[i], expect[(k, g)][1], atol=2e-3)
+        assert first_step == {0, 1}
+    assert sched.tokens == sum(max_tokens.values())  # every finished token counted once
 
 
 def test_a_late_small_ticket_is_admitted_ahead_of_a_large_backlog(engine, scheduler):
@@ -143,7 +158,7 @@ def test_a_late_small_ticket_is_admitted_ahead_of_a_large_backlog(engine, schedu
     n_big = 12
 
     def consume(ticket):
-        for r in ticket.results(timeout=120):
+        for r in ticket.results(timeout=300):
             with lock:
                 order.append((ticket.name, r.group_id))
 
@@ -155,7 +170,7 @@ def test_a_late_small_ticket_is_admitted_ahead_of_a_large_backlog(engine, schedu
     consumers.append(threading.Thread(target=consume, args=(small,)))
     consumers[1].start()
     for c in consumers:
-        c.join(180)
+        c.join(300)
     assert not any(c.is_alive() for c in consumers)
 
     assert sorted(order) == sorted([("big", g) for g in range(n_big)] + [("small", 0)])
@@ -179,24 +194,49 @@ def test_cancel_halts_the_ticket_and_the_others_finish(engine, scheduler):
     a = sched.open(long_groups(), sel_a, name="a")
     b = sched.open(iter([grp(engine, g, f"other {g}", max_tokens=4) for g in range(2)]), sel_b, name="b")
     b_results: list = []
-    tb = threading.Thread(target=lambda: b_results.extend(b.results(timeout=120)))
+    tb = threading.Thread(target=lambda: b_results.extend(b.results(timeout=300)))
     tb.start()
     wait_for(lambda: sel_a.calls >= 2, what="ticket a to decode")
 
     a.cancel()
     calls_at_cancel, pulled_at_cancel = sel_a.calls, pulled[0]
     t0 = time.monotonic()
-    a_results = list(a.results(timeout=30))
-    assert time.monotonic() - t0 < 30
+    a_results = list(a.results(timeout=60))  # queue.Empty if it does not end
+    assert time.monotonic() - t0 < 60
     assert a_results == []
-    tb.join(120)
+    tb.join(300)
     assert not tb.is_alive()
-    wait_for(lambda: sched.active_groups == 0, timeout=30, what="the cancelled groups to leave the engine")
+    wait_for(lambda: sched.active_groups == 0, timeout=60, what="the cancelled groups to leave the engine")
 
     assert sel_a.calls <= calls_at_cancel + 1, "a cancelled ticket's groups went on decoding"
     assert pulled[0] <= pulled_at_cancel + 1, "groups of a cancelled ticket were still admitted"
     assert sorted(r.group_id for r in b_results) == [0, 1]
     assert all(r.finish_reason == "length" and len(r.token_ids) == 4 for r in b_results)
+
+
+def test_cancel_ends_a_ticket_whose_group_waits_for_room(engine, scheduler):
+    """The batch is full with a long ticket's groups; a second ticket's group has been taken
+    from it and waits for room. Cancelling that ticket must end its results() promptly, not
+    when the long ticket's groups finally finish."""
+    sched = scheduler(max_batch_rows=4)  # two groups of 2 rows
+    sel_long = Recording(9)
+    long = sched.open(iter([grp(engine, g, f"long {g}", max_tokens=40) for g in range(2)]), sel_long, name="long")
+    wait_for(lambda: sel_long.calls >= 1, what="the long ticket to fill the batch")
+    pulled = threading.Event()
+
+    def one():
+        pulled.set()
+        yield grp(engine, 0, "waiting", max_tokens=3)
+
+    waiting = sched.open(one(), Recording(10), name="waiting")
+    assert pulled.wait(60)
+    time.sleep(0.2)  # the engine has it now, with no room to admit it
+    waiting.cancel()
+    assert list(waiting.results(timeout=300)) == []
+    still_decoding = not sel_long.released
+    long.cancel()
+    assert list(long.results(timeout=300)) == []
+    assert still_decoding, "results() of the cancelled ticket ended only after the long ticket's groups finished"
 
 
 def _source_fails(engine):

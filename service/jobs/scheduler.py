@@ -136,9 +136,13 @@ class EngineScheduler:
             return sum(1 for t in self._tickets if t.pending and t.inflight == 0)
 
     def close(self, timeout: float | None = None) -> None:
-        """No new tickets; the engine thread ends once the admitted groups have finished."""
+        """Shut down: no new tickets, open ones are cancelled (their admitted groups halt before
+        their next step), and the engine thread ends once nothing is in flight."""
         with self._cond:
             self._closed = True
+            for t in list(self._tickets):
+                t.cancelled.set()
+                self._maybe_finish(t)
             self._cond.notify_all()
         self._thread.join(timeout)
 

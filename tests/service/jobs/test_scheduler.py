@@ -269,17 +269,16 @@ def test_a_failing_ticket_gets_its_error_and_the_engine_keeps_serving(engine, sc
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_close_refuses_new_tickets_and_ends_the_engine_thread(engine, scheduler, busy):
-    """close(): admitted groups still finish and are delivered, then the engine thread ends;
-    a later open() is refused."""
+    """close() is a shutdown: open tickets are cancelled (their admitted groups halt, nothing of
+    theirs is delivered, results() ends), the engine thread ends, a later open() is refused."""
     sched = scheduler()
     t = None
     if busy:
-        t = sched.open(iter([grp(engine, g, f"closing {g}", max_tokens=4) for g in range(2)]), Recording(7), name="t")
-        wait_for(lambda: sched.active_groups == 2, what="both groups admitted")
+        t = sched.open(iter([grp(engine, g, f"closing {g}", max_tokens=60) for g in range(8)]), Recording(7), name="t")
+        wait_for(lambda: sched.active_groups >= 2, what="groups admitted")
     sched.close(120)
     assert not sched._thread.is_alive()
     with pytest.raises(SchedulerClosed):
         sched.open(iter([grp(engine, 0, "late")]), Recording(8))
     if t is not None:
-        res = list(t.results(timeout=5))
-        assert sorted((r.group_id, len(r.token_ids), r.finish_reason) for r in res) == [(0, 4, "length"), (1, 4, "length")]
+        assert list(t.results(timeout=5)) == []  # cancelled: its 8 groups of 60 tokens were not run to the end

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import termios
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -345,6 +346,13 @@ def get_job(c: Client, job_id: str) -> generation_pb2.Job:
     return c.generation.GetJob(generation_pb2.GetJobRequest(id=job_id), metadata=c.md, timeout=30)
 
 
+def released(server, dataset_id: str) -> int:
+    """Records the server says it released for a dataset (its Prometheus counter)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=10).read().decode()
+    found = re.search(rf'^privtext_records_total\{{dataset="{re.escape(dataset_id)}"\}} (\S+)$', body, re.M)
+    return int(float(found.group(1))) if found else 0
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
 
@@ -431,6 +439,7 @@ def test_generate_writes_records_and_the_budget_shows_the_charge(server, acme, t
     assert p.stdout == ""  # records went to --out
     recs = read_jsonl(out)
     assert_records(recs, max_tokens=6, most=2)
+    assert len(recs) == released(server, ds.id)  # every record the server sent is in the file
     assert f"{len(recs)} records, {sum(r['tokens'] for r in recs)} tokens in " in p.stderr and str(out) in p.stderr
 
     b = json.loads(last_line(cli(server.address, "budget", "--dataset", ds.id, "--json")))
@@ -451,6 +460,7 @@ def test_generate_to_stdout_with_label_counts(server, acme):
                "--epsilon", "1", "--partitions", "4"))
     recs = [json.loads(x) for x in p.stdout.splitlines()]  # nothing but records on stdout
     assert_records(recs, max_tokens=4, most=2)
+    assert len(recs) == released(server, ds.id)
     assert sorted(r["label"] for r in recs) in (["ham"], ["spam"], ["ham", "spam"])
     assert [e.label.split()[0] for e in acme.budget(ds.id).entries] == ["released", "generate"]
 

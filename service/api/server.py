@@ -86,8 +86,8 @@ class Server:
         else:
             self.port = self.server.add_insecure_port(address)
         if s.metrics_port is not None:
-            self.metrics_port = metrics.serve(s.metrics_port, "127.0.0.1" if self.state.keys.single_tenant else "0.0.0.0")
-            log.info("metrics on http://%s:%d/metrics", "127.0.0.1", self.metrics_port)
+            self.metrics_port = metrics.serve(s.metrics_port, s.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
         resumed = runner.resume_all()
         if resumed:
             log.info("resumed %d unfinished job(s)", resumed)

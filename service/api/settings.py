@@ -42,6 +42,7 @@ class ServerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus; None: off
+    metrics_host: str = "127.0.0.1"  # metrics name every tenant's dataset ids: keep them off public interfaces
     # limits, enforced with INVALID_ARGUMENT naming the record and the limit
     max_message_bytes: int = Field(default=4 << 20, ge=1024)
     max_upload_bytes: int = Field(default=256 << 20, ge=1)

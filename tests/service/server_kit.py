@@ -97,8 +97,8 @@ class InProcess:
 class Process:
     """`privtext serve` in a subprocess, its log in a file."""
 
-    def __init__(self, data_dir: Path, config_dir: Path, log: Path, port: int = 0):
-        env = {**os.environ, "PRIVTEXT_CONFIG_DIR": str(config_dir), "PRIVTEXT_GRACE_SECONDS": "5"}
+    def __init__(self, data_dir: Path, config_dir: Path, log: Path, port: int = 0, env: dict | None = None):
+        env = {**os.environ, "PRIVTEXT_CONFIG_DIR": str(config_dir), "PRIVTEXT_GRACE_SECONDS": "5", **(env or {})}
         self.log = log
         start = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
         self.fh = open(log, "ab")

@@ -31,13 +31,14 @@ def test_sigkill_restart_keeps_the_ledger_and_the_job_finishes(tmp_path):
     first = Process(data, config, log)
     c = Client(first.address, None)
     ds = c.upload("sms", rows)
-    job = c.generation.SubmitJob(request(ds.id, records=10, max_tokens=24, epsilon=2.0), metadata=c.md)
+    job = c.generation.SubmitJob(request(ds.id, records=40, max_tokens=12, epsilon=2.0), metadata=c.md)
 
     def get():
         return c.generation.GetJob(generation_pb2.GetJobRequest(id=job.id), metadata=c.md)
 
     wait_for(lambda: get().records_done >= 1, 300, "a first result")
     before = c.budget(ds.id)
+    assert get().state == generation_pb2.JOB_STATE_RUNNING  # killed mid-job, not after it
     first.kill()  # mid-job: no drain, no goodbye
 
     second = Process(data, config, log)
@@ -49,7 +50,7 @@ def test_sigkill_restart_keeps_the_ledger_and_the_job_finishes(tmp_path):
     done = wait_for(lambda: (j := get()).state in (generation_pb2.JOB_STATE_SUCCEEDED, generation_pb2.JOB_STATE_FAILED) and j, 600, "the resumed job")
     assert done.state == generation_pb2.JOB_STATE_SUCCEEDED
     results = list(c.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=c.md, timeout=60))
-    assert 1 <= len(results) <= 10 and [r.index for r in results] == list(range(len(results)))
+    assert 1 <= len(results) <= 40 and [r.index for r in results] == list(range(len(results)))
     assert len(c.budget(ds.id).entries) == len(before.entries)  # the resumed job paid nothing more
 
     # SIGTERM drains: a stream in flight is cancelled within the grace period, the process exits 0

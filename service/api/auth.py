@@ -13,6 +13,8 @@ import secrets
 
 import grpc
 
+from .handlers import rewrap
+
 API_KEY_HEADER = "x-api-key"
 LOCAL_TENANT = "local"
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
@@ -62,22 +64,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _deny(handler)
 
 
+DENIED = f"missing or unknown API key (metadata {API_KEY_HEADER!r})"
+
+
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    async def abort(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing or unknown API key (metadata {API_KEY_HEADER!r})")
+    def unary(_behaviour):
+        async def abort(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+        return abort
 
-    async def abort_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"missing or unknown API key (metadata {API_KEY_HEADER!r})")
-        yield  # pragma: no cover
+    def stream(_behaviour):
+        async def abort(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+            yield  # pragma: no cover
+        return abort
 
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(abort, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort_stream, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort, **kw)
-    return grpc.stream_stream_rpc_method_handler(abort_stream, **kw)
+    return rewrap(handler, unary, stream)
 
 
 def tenant(keys: ApiKeys, context: grpc.aio.ServicerContext) -> str:

@@ -3,8 +3,6 @@ in JobRequest); every error names the field and the limit."""
 
 from __future__ import annotations
 
-import math
-
 import grpc
 from google.protobuf import timestamp_pb2
 
@@ -54,15 +52,11 @@ def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[s
             raise _invalid("preset", f"must be one of {', '.join(sorted(s.presets))}, got {m.preset!r}")
         epsilon = s.presets[m.preset]
     else:
-        epsilon = m.epsilon
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise _invalid("epsilon", f"must be a finite number > 0, got {epsilon}")
+        epsilon = m.epsilon  # JobRequest checks it (finite, > 0)
     if m.mechanism not in MECHANISMS:
         raise _invalid("mechanism", f"unknown value {m.mechanism}")
     if m.pii_policy not in POLICIES:
         raise _invalid("pii_policy", f"unknown value {m.pii_policy}")
-    if m.label_counts and m.labels:
-        raise _invalid("labels", "give labels or label_counts, not both")
     st = m.settings
     fields: dict = {}
     for name, key in (("partitions", "partitions"), ("temperature", "temperature"), ("units_per_row", "units_per_row")):

@@ -61,9 +61,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 rec = await asyncio.to_thread(next, it, None)
                 if rec is None:
                     break
-                self.s.metrics.tokens.inc(rec.tokens)
+                self.s.metrics.record(prep.dataset.id, rec.tokens, rec.released)
                 if rec.released:
-                    self.s.metrics.records.labels(prep.dataset.id).inc()
                     yield convert.record(index, rec)
                     index += 1
         except Exception as e:

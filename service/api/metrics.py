@@ -8,6 +8,8 @@ import time
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .handlers import rewrap
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -20,6 +22,12 @@ class Metrics:
         self.queue_depth = Gauge("privtext_queue_depth", "Requests and jobs waiting for their first group to decode", registry=r)
         self.latency = Histogram("privtext_request_seconds", "RPC latency", ["method", "code"], registry=r,
                                  buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800))
+
+    def record(self, dataset_id: str, tokens: int, released: bool) -> None:
+        """One finished group: its tokens, and a record if it was released."""
+        self.tokens.inc(tokens)
+        if released:
+            self.records.labels(dataset_id).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP endpoint; returns the bound port."""
@@ -63,11 +71,4 @@ class LatencyInterceptor(grpc.aio.ServerInterceptor):
                     done(t0, context)
             return wrapped
 
-        kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **kw)
-        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kw)
+        return rewrap(handler, unary, stream)

@@ -64,12 +64,8 @@ class Server:
         metrics = Metrics()
         server_secret = hmac.new(key, b"privtext mechanism seeds", hashlib.sha256).digest()
 
-        def on_record(dataset_id, rec):
-            metrics.tokens.inc(rec.tokens)
-            if rec.released:
-                metrics.records.labels(dataset_id).inc()
-
-        runner = JobRunner(store, scheduler, engine, server_secret, s.max_running_jobs, on_record)
+        runner = JobRunner(store, scheduler, engine, server_secret, s.max_running_jobs,
+                           lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released))
         self.state = ServerState(s, store, ApiKeys(s.api_keys), engine, scheduler, runner, metrics, server_secret)
 
         opts = [("grpc.max_receive_message_length", s.max_message_bytes), ("grpc.max_send_message_length", s.max_message_bytes)]

@@ -41,5 +41,5 @@ class ServerState:
             await abort_for(context, e, subject)
 
     def refresh_budget(self, tenant_: str, dataset_id: str) -> None:
-        b = self.store.budget(tenant_, dataset_id)
-        self.metrics.epsilon_spent.labels(dataset_id).set(b["spent"])
+        # spent only: budget() would also bisect for what remains, which the gauge does not show
+        self.metrics.epsilon_spent.labels(dataset_id).set(self.store.ledger(tenant_, dataset_id).spent_epsilon())

@@ -31,6 +31,7 @@ from mechanisms import Plan, count_event, dp_count, dp_histogram, plan
 
 from ..engine.interface import Engine, GroupRequest, GroupResult
 from ..generation.corpus import Corpus, corpus_from_rows
+from ..generation.prompts import Template
 from ..generation.selector import MechanismSelector
 from ..store.interface import Conflict, DatasetInfo, JobInfo, NotFound, Store
 from .generate import JobRequest, decode_records, label_units, strata_from
@@ -48,10 +49,13 @@ class Prepared:
     dataset: DatasetInfo
     request: JobRequest
     plan: Plan
-    labels: list[str] | None
     corpus: Corpus
     secret: bytes  # the dataset's partition secret
     ledger_id: int
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.request.wanted_labels()
 
 
 def _counts(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, corpus: Corpus, count_noise: float | None,
@@ -60,8 +64,6 @@ def _counts(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, c
     yet released is drawn, charged and stored; without them (a resumed job) it must exist."""
     labels = request.wanted_labels()
     if labels is not None:
-        if not info.label_field:
-            raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")
         kind = "label histogram " + json.dumps(labels)
     elif info.declared_public_units is not None:
         return max(info.declared_public_units, 1), "declared-public", None
@@ -84,6 +86,10 @@ def _counts(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, c
     return max(int(got.value), 1), "dp-count", None
 
 
+def _corpus(store: Store, tenant: str, info: DatasetInfo) -> Corpus:
+    return corpus_from_rows(store.read_records(tenant, info.id), info.text_field, info.label_field, info.unit_field)
+
+
 def _plan(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, units: int, source: str, strata, check: bool) -> Plan:
     return plan(
         units=units, records=request.records, max_tokens=request.max_tokens, delta=info.delta,
@@ -96,14 +102,13 @@ def prepare(store: Store, tenant: str, dataset_id: str, request: JobRequest, lab
     """Count (once per dataset), plan, reserve. Raises NotFound, ValueError (bad request),
     mechanisms.CalibrationError, BudgetExceeded / BudgetExhausted (over the cap)."""
     info = store.get_dataset(tenant, dataset_id)
-    if request.label_counts is not None or request.labels is not None:
-        if not info.label_field:
-            raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")
-    corpus = corpus_from_rows(store.read_records(tenant, dataset_id), info.text_field, info.label_field, info.unit_field)
+    if request.wanted_labels() is not None and not info.label_field:
+        raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")
+    corpus = _corpus(store, tenant, info)
     units, source, strata = _counts(store, tenant, info, request, corpus, count_noise, np.random.default_rng(secrets.randbits(128)))
     p = _plan(store, tenant, info, request, units, source, strata, check=True)
     row = store.reserve(tenant, dataset_id, label, p.events)
-    return Prepared(tenant, info, request, p, request.wanted_labels(), corpus, store.partition_secret(tenant, dataset_id), row.id)
+    return Prepared(tenant, info, request, p, corpus, store.partition_secret(tenant, dataset_id), row.id)
 
 
 def reprepare(store: Store, job: JobInfo) -> Prepared:
@@ -111,13 +116,13 @@ def reprepare(store: Store, job: JobInfo) -> Prepared:
     refuses to go on unless the plan's events are exactly the ones its reservation paid for."""
     request = JobRequest.model_validate_json(job.request_json)
     info = store.get_dataset(job.tenant, job.dataset_id)
-    corpus = corpus_from_rows(store.read_records(job.tenant, job.dataset_id), info.text_field, info.label_field, info.unit_field)
+    corpus = _corpus(store, job.tenant, info)
     units, source, strata = _counts(store, job.tenant, info, request, corpus, None, None)
     p = _plan(store, job.tenant, info, request, units, source, strata, check=False)
     paid = [r for r in store.ledger_rows(job.tenant, job.dataset_id) if r.id == job.ledger_id]
     if not paid or tuple(paid[0].events) != tuple(p.events):
         raise RuntimeError("the resumed plan differs from the reservation that paid for it")
-    return Prepared(job.tenant, info, request, p, request.wanted_labels(), corpus, store.partition_secret(job.tenant, job.dataset_id), job.ledger_id)
+    return Prepared(job.tenant, info, request, p, corpus, store.partition_secret(job.tenant, job.dataset_id), job.ledger_id)
 
 
 def mechanism_rng(seed: int | None, server_secret: bytes, dataset_id: str) -> np.random.Generator:
@@ -152,7 +157,8 @@ class Admission:
 def decode(prep: Prepared, engine: Engine, admission: Admission, records: RecordFilter, rng: np.random.Generator,
            skip: frozenset[int] = frozenset(), on_start: Callable[[int], None] | None = None) -> Iterator[OutRecord]:
     selector = MechanismSelector(prep.plan.config, rng)
-    return decode_records(prep.request, prep.corpus, prep.plan, prep.labels, prep.secret, engine, admission, selector,
+    template = Template.load(prep.request.template, prep.request.max_record_chars)
+    return decode_records(prep.request, prep.corpus, prep.plan, prep.secret, template, engine, admission, selector,
                           records, skip=skip, on_start=on_start)
 
 

@@ -200,8 +200,8 @@ def decode_records(
     request: JobRequest,
     corpus: Corpus,
     p: Plan,
-    labels: list[str] | None,
     secret: bytes,
+    template: Template,
     engine: Engine,
     run: Decode,
     selector: MechanismSelector,
@@ -214,11 +214,10 @@ def decode_records(
 
     skip: groups not to decode (a resumed job's already started ones). on_start(group id) runs
     before a group reaches the engine (a server job records it durably there)."""
-    template = Template.load(request.template, request.max_record_chars)
     labels_of: dict[int, str | None] = {}
 
     def requests() -> Iterator[GroupRequest]:
-        strata = strata_of(corpus, p, labels)
+        strata = strata_of(corpus, p, request.wanted_labels())
         for req, label in group_requests(strata, p, secret, template, engine, request.max_records_per_unit, request.stop):
             if req.group_id in skip:
                 continue
@@ -239,9 +238,9 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     # Exact counts are for the data owner's terminal only: they are not DP, so no report carries them.
     say(f"read {len(corpus.records):,} records in {len(corpus.units()):,} units; {len(corpus.bad):,} bad rows"
         + "".join(f"\n  line {b.line}: {b.reason}" for b in corpus.bad[:10]) + ("\n  ..." if len(corpus.bad) > 10 else ""))
-    Template.load(spec.template, spec.max_record_chars)  # a bad template fails before any count is drawn
+    template = Template.load(spec.template, spec.max_record_chars)  # a bad template fails before any count is drawn
     secret, rng = _randomness(spec.seed)
-    p, labels, notes = prepare(spec, corpus, rng)
+    p, _labels, notes = prepare(spec, corpus, rng)
     say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
     records = RecordFilter(spec.pii, say)
     if engine is None:
@@ -257,7 +256,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     spec.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(spec.out, "w", encoding="utf-8") as out:
-        for rec in decode_records(spec, corpus, p, labels, secret, engine, run, selector, records):
+        for rec in decode_records(spec, corpus, p, secret, template, engine, run, selector, records):
             if rec.released:
                 out.write(json.dumps(rec.to_json(bool(spec.label_field)), ensure_ascii=False) + "\n")
                 out.flush()  # a crash keeps every record already finished

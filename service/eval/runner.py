@@ -1,0 +1,261 @@
+"""The grid of `privtext eval`: datasets x epsilons x mechanisms, each cell one real generation job.
+
+Each dataset is split once (seeded) into a private train part and a held-out test part. Every
+cell generates label-conditioned records from the train part through `run_generate`, the same
+path as `privtext generate`, PII filter included; epsilon = infinity runs the same job with the
+non-private selector (baseline.py). All cells of a dataset share the seed, hence the released
+label histogram, the partition of rows into groups and the prompts: cells differ only in the
+mechanism and its calibration, at equal N, records and max tokens (equal compute).
+
+Every finished cell is written to OUT/<dataset>/<cell>.json before the next starts, and a rerun
+with the same settings skips finished cells, so an interrupted run loses at most one cell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..data.packaged import load, split
+from . import scores
+
+
+@dataclass(frozen=True)
+class DatasetSetup:
+    """How a corpus is generated: its template, tokens per record and how records split by label."""
+
+    template: str
+    max_tokens: int
+    label_split: Literal["balanced", "proportional"]  # public choice: equal counts, or the DP histogram
+
+
+# TREC's ABBR class holds ~1.5% of questions: a balanced split would need several rounds of its
+# few groups (and every round is paid by all labels), so TREC follows the DP label histogram.
+SETUPS = {
+    "sms-spam": DatasetSetup("sms-spam", 32, "balanced"),
+    "trec": DatasetSetup("trec", 24, "proportional"),
+    "rotten-tomatoes": DatasetSetup("rotten-tomatoes", 40, "balanced"),
+}
+MECHANISMS = ("em", "amin", "gaussian")
+
+
+class EvalSettings(BaseModel):
+    """Every knob of one evaluation run; all public."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    datasets: tuple[str, ...] = tuple(SETUPS)
+    epsilons: tuple[float, ...] = (1.0, 3.0, 10.0, math.inf)
+    mechanisms: tuple[str, ...] = MECHANISMS
+    records: int = Field(default=120, ge=4, le=100_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=512)  # None: the dataset's own (SETUPS)
+    partitions: int = Field(default=8, ge=1, le=1024)
+    temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    top_k: int = Field(default=64, ge=1)
+    train_rows: int | None = Field(default=None, ge=16)  # None: the whole train part
+    test_rows: int = Field(default=500, ge=10)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    seed: int = 0
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v):
+        bad = [d for d in v if d not in SETUPS]
+        if bad or not v:
+            raise ValueError(f"datasets must be a non-empty subset of {sorted(SETUPS)}, got {list(v)}")
+        return v
+
+    @field_validator("mechanisms")
+    @classmethod
+    def _mechanisms(cls, v):
+        if not v or any(m not in MECHANISMS for m in v):
+            raise ValueError(f"mechanisms must be a non-empty subset of {list(MECHANISMS)}, got {list(v)}")
+        return v
+
+    @field_validator("epsilons")
+    @classmethod
+    def _epsilons(cls, v):
+        if not v or any(not (e > 0) for e in v):
+            raise ValueError(f"epsilons must be > 0 (inf for no privacy), got {list(v)}")
+        return tuple(sorted(set(v)))
+
+    def cells(self) -> list[tuple[float, str]]:
+        """(epsilon, mechanism) of every cell; epsilon = inf once, mechanism 'none'."""
+        out: list[tuple[float, str]] = []
+        for e in self.epsilons:
+            out += [(e, "none")] if math.isinf(e) else [(e, m) for m in self.mechanisms]
+        return out
+
+
+FAST = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em",), records=16, max_tokens=12, test_rows=200, train_rows=600)
+
+
+def cell_name(epsilon: float, mechanism: str) -> str:
+    return "none-inf" if math.isinf(epsilon) else f"{mechanism}-eps{epsilon:g}"
+
+
+@dataclass
+class Split:
+    train: list[dict]
+    test: list[dict]
+    labels: list[str]
+
+
+def dataset_split(name: str, s: EvalSettings) -> Split:
+    """The seeded private train part (optionally capped) and the held-out test part (capped)."""
+    train, test = split(load(name), 0.2, s.seed)
+    rng = np.random.default_rng(s.seed + 1)
+    if s.train_rows is not None and s.train_rows < len(train):
+        train = [train[i] for i in sorted(rng.choice(len(train), s.train_rows, replace=False))]
+    if s.test_rows < len(test):
+        test = [test[i] for i in sorted(rng.choice(len(test), s.test_rows, replace=False))]
+    return Split(train, test, sorted({r["label"] for r in train}))
+
+
+def balanced_counts(records: int, labels: list[str]) -> dict[str, int]:
+    """records split as evenly as possible over labels (the first labels get the remainder)."""
+    base, extra = divmod(records, len(labels))
+    return {lab: base + (i < extra) for i, lab in enumerate(labels)}
+
+
+def real_sample(train: list[dict], counts: dict[str, int], seed: int) -> list[dict]:
+    """The ceiling's training set: real train rows with the synthetic set's label counts."""
+    rng = np.random.default_rng(seed + 2)
+    out = []
+    for lab, n in sorted(counts.items()):
+        pool = [r for r in train if r["label"] == lab]
+        out += [pool[i] for i in rng.permutation(len(pool))[:n]]
+    return out
+
+
+def _write_jsonl(rows: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n")
+
+
+def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mechanism: str, folder: Path, engine, say: Callable[[str], None], bar: bool) -> dict:
+    """One generation job; returns its run_generate report (records in folder/<cell>.jsonl)."""
+    from ..jobs.generate import GenerateSpec, run_generate
+    from .baseline import NonPrivateSelector
+
+    setup = SETUPS[name]
+    private = math.isinf(epsilon)
+    labelling = {"label_counts": balanced_counts(s.records, data.labels)} if setup.label_split == "balanced" else {"labels": tuple(data.labels)}
+    spec = GenerateSpec(
+        input=folder / "train.jsonl", label_field="label", **labelling,
+        records=s.records, max_tokens=s.max_tokens or setup.max_tokens,
+        # epsilon = inf: any finite epsilon gives the same layout (groups and rounds do not
+        # depend on it); the non-private selector then ignores the calibration.
+        epsilon=10.0 if private else epsilon, delta=s.delta,
+        mechanism="em" if private else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
+        template=setup.template, seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
+    )
+    selector_for = (lambda p, rng: NonPrivateSelector(p.config, rng)) if private else None
+    return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
+
+
+def read_records(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def measure(texts: list[str], labels: list[str], x: np.ndarray, test: list[dict], test_x: np.ndarray) -> dict:
+    """The scores of one training set (synthetic or real) against the real test part."""
+    test_texts, test_labels = [r["text"] for r in test], [r["label"] for r in test]
+    out: dict = {"n": len(texts), "label_counts": dict(sorted((lab, labels.count(lab)) for lab in set(labels)))}
+    for name, predict in (("tfidf", lambda: scores.tfidf_predict(texts, labels, test_texts)),
+                          ("minilm", lambda: scores.embedding_predict(x, labels, test_x))):
+        out[name] = scores.accuracy(predict(), test_labels) if texts else None
+    out |= {
+        "frechet": scores.frechet_distance(x, test_x) if len(texts) >= 2 else None,
+        "distinct_1": scores.distinct_n(texts, 1),
+        "distinct_2": scores.distinct_n(texts, 2),
+        "words": scores.length_stats(texts),
+    }
+    return out
+
+
+def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None] = lambda _m: None, bar: bool = False) -> dict:
+    """Run (or resume) the grid; returns the results dict also written to out/results.json."""
+    from .embed import embed
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "settings.json"
+    wanted = json.loads(s.model_dump_json())
+    if settings_file.exists() and json.loads(settings_file.read_text()) != wanted:
+        raise ValueError(f"out: {out} holds an evaluation with other settings ({settings_file}); use another --out")
+    settings_file.write_text(json.dumps(wanted, indent=1) + "\n")
+
+    results: dict = {"settings": wanted, "datasets": {}}
+    for name in s.datasets:
+        folder = out / name
+        folder.mkdir(exist_ok=True)
+        data = dataset_split(name, s)
+        if not (folder / "train.jsonl").exists():  # a resumed run has it already (same settings, same split)
+            _write_jsonl(data.train, folder / "train.jsonl")
+        say(f"{name}: {len(data.train):,} private train rows, {len(data.test):,} held-out test rows, labels {data.labels}")
+        test_x = embed([r["text"] for r in data.test])
+        test_labels = [r["label"] for r in data.test]
+        cells = {}
+        for epsilon, mechanism in s.cells():
+            cell = cell_name(epsilon, mechanism)
+            done = folder / f"{cell}.json"
+            if done.exists():
+                cells[cell] = json.loads(done.read_text())
+                say(f"{name} {cell}: done earlier, kept")
+                continue
+            if engine is None:
+                from ..engine.loader import load_engine
+
+                engine = load_engine("transformers", progress=say)
+            say(f"{name} {cell}: generating {s.records} records" + (" (no privacy: the layout is planned at epsilon 10, "
+                "the selection is the non-private average)" if math.isinf(epsilon) else ""))
+            t0 = time.time()
+            report = generate_cell(name, data, s, epsilon, mechanism, folder, engine, say, bar)
+            synth = read_records(folder / f"{cell}.jsonl")
+            texts, labels = [r["text"] for r in synth], [r["label"] for r in synth]
+            result = {
+                "epsilon": "inf" if math.isinf(epsilon) else epsilon,
+                "mechanism": mechanism,
+                **measure(texts, labels, embed(texts) if texts else np.zeros((0, test_x.shape[1])), data.test, test_x),
+                "tokens": report["tokens"],
+                "pii_touched_fraction": report["pii"]["records_touched"] / max(report["records"] + report["pii"]["records_dropped"], 1),
+                "planned_epsilon": None if math.isinf(epsilon) else report["epsilon"],
+                "rounds": report["rounds"],
+                "seconds": time.time() - t0,
+            }
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            tmp.replace(done)  # a cell is done only when its scores are on disk
+            cells[cell] = result
+            say(f"{name} {cell}: {result['n']} records, balanced accuracy tfidf {_fmt(result['tfidf'], 'balanced_accuracy')}, "
+                f"minilm {_fmt(result['minilm'], 'balanced_accuracy')}, "
+                f"frechet {result['frechet'] or 0:.3f} ({result['seconds']:.0f} s)")
+        # The ceiling: the same classifiers on real train rows, as many per label as the
+        # private-free cell produced (else as the request asked).
+        ref = cells.get("none-inf") or next(iter(cells.values()))
+        real = real_sample(data.train, ref["label_counts"], s.seed)
+        real_texts, real_labels = [r["text"] for r in real], [r["label"] for r in real]
+        results["datasets"][name] = {
+            "train_rows": len(data.train),
+            "test_rows": len(data.test),
+            "labels": data.labels,
+            "majority": scores.accuracy(scores.majority_predictions([r["label"] for r in data.train], len(test_labels)), test_labels),
+            "real": measure(real_texts, real_labels, embed(real_texts), data.test, test_x),
+            "cells": cells,
+        }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def _fmt(scores_: dict | None, key: str) -> str:
+    return "-" if scores_ is None else f"{scores_[key]:.3f}"

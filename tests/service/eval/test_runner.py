@@ -1,0 +1,96 @@
+"""`privtext eval` end to end on a tiny grid with the real model, presidio and MiniLM."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from service.cli import main
+from service.eval.runner import EvalSettings, balanced_counts, cell_name, dataset_split, run_eval
+
+pytest.importorskip("sklearn")
+
+TINY = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em", "gaussian"), records=4, max_tokens=6,
+            train_rows=200, test_rows=60)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("datasets", ("sms-spam", "imdb"), "datasets must be a non-empty subset"),
+        ("mechanisms", ("em", "laplace"), "mechanisms must be a non-empty subset"),
+        ("epsilons", (0.0, 3.0), "epsilons must be > 0"),
+        ("records", 2, "greater than or equal to 4"),
+        ("test_rows", 5, "greater than or equal to 10"),
+    ],
+)
+def test_settings_name_the_bad_field(field, value, message):
+    with pytest.raises(ValueError, match=message) as e:
+        EvalSettings(**{field: value})
+    assert field in str(e.value)
+
+
+def test_cells_run_infinity_once():
+    s = EvalSettings(epsilons=(10, 1, math.inf, 3), mechanisms=("em", "amin"))
+    assert s.cells() == [(1, "em"), (1, "amin"), (3, "em"), (3, "amin"), (10, "em"), (10, "amin"), (math.inf, "none")]
+    assert [cell_name(*c) for c in s.cells()][-2:] == ["amin-eps10", "none-inf"]
+
+
+def test_split_is_seeded_disjoint_and_capped():
+    s = EvalSettings(train_rows=100, test_rows=40)
+    a, b = dataset_split("sms-spam", s), dataset_split("sms-spam", s)
+    assert [r["text"] for r in a.train] == [r["text"] for r in b.train] and len(a.train) == 100 and len(a.test) == 40
+    assert not {r["text"] for r in a.train} & {r["text"] for r in a.test}
+    assert balanced_counts(7, ["ham", "spam"]) == {"ham": 4, "spam": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(engine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return out, run_eval(EvalSettings(**TINY), out, engine=engine)
+
+
+def test_every_cell_is_scored(tiny_run):
+    out, results = tiny_run
+    d = results["datasets"]["sms-spam"]
+    assert set(d["cells"]) == {"em-eps3", "gaussian-eps3", "none-inf"}
+    for name, c in d["cells"].items():
+        assert c["n"] >= 1, name
+        for clf in ("tfidf", "minilm"):
+            assert 0.0 <= c[clf]["balanced_accuracy"] <= 1.0 and 0.0 <= c[clf]["accuracy"] <= 1.0
+        assert 0.0 <= c["pii_touched_fraction"] <= 1.0
+        assert (out / "sms-spam" / f"{name}.jsonl").exists()
+    assert d["cells"]["em-eps3"]["planned_epsilon"] == pytest.approx(3.0, rel=1e-6)
+    assert d["cells"]["none-inf"]["planned_epsilon"] is None and d["cells"]["none-inf"]["epsilon"] == "inf"
+    assert d["majority"]["balanced_accuracy"] == pytest.approx(0.5)
+    assert d["real"]["n"] == d["cells"]["none-inf"]["n"]
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_rerun_resumes_and_refuses_other_settings(tiny_run, engine):
+    out, results = tiny_run
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "sms-spam").glob("*.jsonl")}
+    again = run_eval(EvalSettings(**TINY), out, engine=engine)  # every cell done: nothing regenerated
+    assert again["datasets"]["sms-spam"]["cells"] == results["datasets"]["sms-spam"]["cells"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "sms-spam").glob("*.jsonl")} == stamps
+    with pytest.raises(ValueError, match="other settings"):
+        run_eval(EvalSettings(**{**TINY, "records": 6}), out, engine=engine)
+
+
+def test_report_and_plots(tiny_run, capsys):
+    out, _ = tiny_run
+    assert main(["eval", "--out", str(out), "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "em at epsilon 3 reaches" in printed and ("PASS" in printed or "FAIL" in printed)
+    report = (out / "report.md").read_text()
+    assert "| em | 3.0 |" in report and "| no privacy | inf |" in report and "## Verdicts" in report
+    for png in ("accuracy.png", "frechet.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_cli_names_the_bad_flag(tmp_path, capsys):
+    assert main(["eval", "--out", str(tmp_path), "--mechanisms", "em,nope"]) == 2
+    assert "mechanisms" in capsys.readouterr().err

@@ -5,16 +5,18 @@ by hand: PRIVTEXT_LOADTEST_DATASET=ds_... locust -f loadtest/locustfile.py --hos
 
 Environment:
   PRIVTEXT_LOADTEST_DATASET     the dataset to generate from (required)
-  PRIVTEXT_LOADTEST_RECORDS     records per request (default 2)
-  PRIVTEXT_LOADTEST_MAX_TOKENS  max tokens per record (default 16)
-  PRIVTEXT_LOADTEST_EPSILON     epsilon per request (default 0.2)
-  PRIVTEXT_LOADTEST_TIMEOUT     deadline of one stream in seconds (default 600)
+  PRIVTEXT_LOADTEST_RECORDS, _MAX_TOKENS, _EPSILON, _TIMEOUT: the request (workload.py, shared
+                                with the in-process measurement of loadtest/run)
   PRIVTEXT_API_KEY              sent as `x-api-key` metadata when set (multi-tenant servers)
 
 Request events (type "grpc"):
   "Generate"               response_time = the whole stream (ms), response_length = its tokens
+                           (the `tokens` of the records received: released records only)
   "Generate:first-record"  response_time = time to the first record (ms), response_length = 0
 A gRPC error fires "Generate" with exception= (and "Generate:first-record" only if a record came).
+loadtest/run passes --stop-timeout (streams running at the end of the run time finish and count)
+and --reset-stats, so "Generate" Requests/s x Average Content Size is tokens per second from the
+start to the end of the last stream.
 """
 
 from __future__ import annotations
@@ -29,17 +31,24 @@ import grpc.experimental.gevent
 # happen before any channel is created.
 grpc.experimental.gevent.init_gevent()
 
-from locust import User, constant, task  # noqa: E402
+import workload  # noqa: E402  (loadtest/workload.py: locust puts the locustfile's folder on sys.path)
+import gevent  # noqa: E402
+from locust import User, constant, events, task  # noqa: E402
+from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
-from service.api.gen.privtext.v1 import generation_pb2, generation_pb2_grpc  # noqa: E402
+from service.api.gen.privtext.v1 import generation_pb2_grpc  # noqa: E402
 from service.client import API_KEY_HEADER  # noqa: E402
 
 REQUEST_TYPE = "grpc"
 
 
-def _env(name: str, default, cast):
-    value = os.environ.get(name)
-    return cast(value) if value not in (None, "") else default
+@events.test_stop.add_listener
+def _let_the_csv_catch_up(environment, **_kw) -> None:
+    """Locust's CSV writer rewrites locust_stats.csv once a second and nothing writes it at exit,
+    so a stream that ends in the last second (with --stop-timeout: the last one, always) would be
+    missing from it. test_stop fires once every user has stopped: give the writer one more turn."""
+    if getattr(environment.parsed_options, "csv_prefix", None):
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.5)
 
 
 class GenerateUser(User):
@@ -48,11 +57,8 @@ class GenerateUser(User):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.dataset_id = os.environ["PRIVTEXT_LOADTEST_DATASET"]
-        self.records = _env("PRIVTEXT_LOADTEST_RECORDS", 2, int)
-        self.max_tokens = _env("PRIVTEXT_LOADTEST_MAX_TOKENS", 16, int)
-        self.epsilon = _env("PRIVTEXT_LOADTEST_EPSILON", 0.2, float)
-        self.timeout = _env("PRIVTEXT_LOADTEST_TIMEOUT", 600.0, float)
+        self.request = workload.generate_request(os.environ["PRIVTEXT_LOADTEST_DATASET"])
+        self.timeout = workload.timeout()
         key = os.environ.get("PRIVTEXT_API_KEY")
         self.metadata = ((API_KEY_HEADER, key),) if key else None
         self.channel = grpc.insecure_channel(self.host)
@@ -68,13 +74,11 @@ class GenerateUser(User):
 
     @task
     def generate(self) -> None:
-        req = generation_pb2.GenerateRequest(dataset_id=self.dataset_id, records=self.records,
-                                             max_tokens=self.max_tokens, epsilon=self.epsilon)
         start = time.perf_counter()
         tokens = 0
         first = True
         try:
-            for rec in self.stub.Generate(req, timeout=self.timeout, metadata=self.metadata):
+            for rec in self.stub.Generate(self.request, timeout=self.timeout, metadata=self.metadata):
                 if first:
                     self._fire("Generate:first-record", start)
                     first = False

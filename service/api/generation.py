@@ -56,9 +56,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         rng = mechanism_rng(prep.request.seed, self.s.server_secret, prep.dataset.id)
         it = decode(prep, self.s.engine, admission, records, rng)
         index = 0
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                rec = await asyncio.to_thread(next, it, None)
+                rec = await loop.run_in_executor(self.s.streams, next, it, None)
                 if rec is None:
                     break
                 self.s.metrics.record(prep.dataset.id, rec.tokens, rec.released)

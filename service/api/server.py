@@ -109,6 +109,7 @@ class Server:
         await self.server.stop(grace)
         self._gauges.cancel()
         await asyncio.to_thread(self.state.scheduler.close, 30)
+        self.state.streams.shutdown(wait=False)
         log.info("stopped")
 
     async def wait(self) -> None:

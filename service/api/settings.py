@@ -54,6 +54,9 @@ class ServerSettings(BaseSettings):
     count_noise: float = Field(default=10.0, gt=0)  # sigma of the DP unit count / label histogram
     batch_rows: int = Field(default=160, ge=2)
     max_running_jobs: int = Field(default=4, ge=1)
+    # Threads that wait on open Generate streams (one each while a stream waits for its next
+    # record); more open streams than this queue for a thread before reaching the engine.
+    stream_threads: int = Field(default=64, ge=1)
     grace_seconds: float = Field(default=10.0, ge=0)
 
     @classmethod

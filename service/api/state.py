@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -29,6 +30,12 @@ class ServerState:
     runner: JobRunner
     metrics: Metrics
     server_secret: bytes
+    # Open streams wait here, not in asyncio's default pool (cpu_count + 4 threads: 6 on two
+    # cores), where they would hold every thread and make store calls and further streams queue.
+    streams: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = ThreadPoolExecutor(self.settings.stream_threads, thread_name_prefix="privtext-stream")
 
     def tenant(self, context: grpc.aio.ServicerContext) -> str:
         return tenant(self.keys, context)

@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client import add_parser as add_client
 
     add_client(sub)
+    from .audit.cli import add_parser as add_audit
+
+    add_audit(sub)
     from .eval.cli import add_parser as add_eval
 
     add_eval(sub)

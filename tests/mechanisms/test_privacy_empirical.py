@@ -1,5 +1,8 @@
 """Seeded Monte-Carlo audits of ONE call of `select_tokens` between neighbouring inputs.
 
+The estimator (draws, Clopper-Pearson loss bounds) and the crafted inputs live in
+service.audit.tokens, which `privtext audit` runs too; the tables and assertions live here.
+
 Adjacency: add/remove one privacy unit = one private row (default layout). D holds the crafted
 row, D' lacks it. Each group of a batch gets its own randomness, so a batch of G identical
 groups is G independent draws of the mechanism on the same input.
@@ -15,15 +18,29 @@ rows, gate noise calibrated to a halved sensitivity) must detect a violation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pytest
 from scipy import stats
 
 import mechanisms.select as select_mod
-from mechanisms import DecodingConfig, GateConfig, GroupState, select_tokens
+from mechanisms import DecodingConfig, GateConfig
+from service.audit.tokens import (  # the one home of the estimator and the crafted inputs
+    EXTREME,
+    GATE_PUBLIC,
+    GATE_ROW,
+    Case,
+    amin_background,
+    clear_draw_cache,
+    draw,
+    draw_gated,
+    exact,
+    exact_above,
+    fits,
+    gaussian_delta,
+    log_ratio_bounds,
+    profile_excess,
+)
 
 ALPHA = 1e-3  # family-wise error of each test's confidence statement
 DRAWS = 40_000  # per neighbouring input (em, amin)
@@ -32,129 +49,9 @@ GATE_DRAWS = 60_000
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampling and estimation helpers
-
-
-def _rows(rows, v: int) -> np.ndarray:
-    return np.asarray(rows, dtype=np.float64).reshape(-1, v)
-
-
-@lru_cache(maxsize=None)
-def _draw_cached(cfg: DecodingConfig, rows: tuple, public: tuple, n: int, seed: int, gated: bool) -> tuple:
-    v = len(public)
-    r = _rows(rows, v)
-    priv = np.tile(r, (n, 1))
-    pub = np.tile(np.asarray(public, dtype=np.float64), (n, 1))
-    states = [GroupState() for _ in range(n)] if gated else None
-    tokens = select_tokens(priv, [len(r)] * n, pub, cfg, np.random.default_rng(seed), states)
-    counts = np.bincount(tokens, minlength=v)
-    if not gated:
-        return tuple(counts.tolist())
-    above = np.array([s.private_tokens for s in states], dtype=bool)
-    assert all(s.private_tokens + s.public_tokens == 1 for s in states)
-    return tuple(np.bincount(tokens[above], minlength=v).tolist()), tuple(np.bincount(tokens[~above], minlength=v).tolist())
-
-
-def draw(cfg: DecodingConfig, private_rows, public, n_draws: int, seed: int) -> np.ndarray:
-    """Counts per token of n_draws independent calls (one batch of n_draws identical groups)."""
-    v = len(public)
-    key = tuple(map(tuple, _rows(private_rows, v).tolist()))
-    return np.array(_draw_cached(cfg, key, tuple(map(float, public)), n_draws, seed, False))
-
-
-def draw_gated(cfg: DecodingConfig, private_rows, public, n_draws: int, seed: int) -> np.ndarray:
-    """Counts (2, V) of (above?, token) over n_draws calls, each with a fresh GroupState."""
-    v = len(public)
-    key = tuple(map(tuple, _rows(private_rows, v).tolist()))
-    above, below = _draw_cached(cfg, key, tuple(map(float, public)), n_draws, seed, True)
-    return np.array([above, below])
-
-
-def cp_interval(k, n, alpha):
-    """Two-sided Clopper-Pearson interval (coverage 1 - alpha) of a binomial proportion."""
-    k = np.asarray(k, dtype=float)
-    lo = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
-    hi = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
-    return np.nan_to_num(lo), np.nan_to_num(hi, nan=1.0)
-
-
-def log_ratio_bounds(counts_a, counts_b, n: int, alpha: float = ALPHA) -> tuple[float, float]:
-    """(lower confidence bound, point estimate) of max over outcomes of |log P_a - log P_b|.
-
-    Bonferroni over the 2 x (outcomes) intervals: with probability >= 1 - alpha every interval
-    holds, and then the true max |log ratio| is >= the returned lower bound."""
-    counts_a, counts_b = np.ravel(counts_a), np.ravel(counts_b)
-    each = alpha / (2 * counts_a.size)
-    lo_a, hi_a = cp_interval(counts_a, n, each)
-    lo_b, hi_b = cp_interval(counts_b, n, each)
-    with np.errstate(divide="ignore"):
-        lcb = np.maximum(np.log(lo_a) - np.log(hi_b), np.log(lo_b) - np.log(hi_a))
-        point = np.abs(np.log(counts_a) - np.log(counts_b))
-    return float(max(0.0, lcb.max())), float(point.max())
-
-
-def fits(counts, probs, n: int) -> float:
-    """Chi-square goodness-of-fit p-value of counts against exact probabilities."""
-    return float(stats.chisquare(counts, n * np.asarray(probs) / np.sum(probs)).pvalue)
-
-
-def softmax(x) -> np.ndarray:
-    e = np.exp(np.asarray(x, dtype=float) - np.max(x))
-    return e / e.sum()
-
-
-# ---------------------------------------------------------------------------------------------
 # em and amin: bounded range eps0 = 2C/(N tau)
 
-
-@dataclass(frozen=True)
-class Case:
-    mechanism: str
-    clip: float
-    partitions: int
-    tau: float
-    public: tuple
-    background: tuple  # rows present in both D and D'
-    top_k: int | None
-    seed: int
-
-    @property
-    def cfg(self) -> DecodingConfig:
-        return DecodingConfig(mechanism=self.mechanism, partitions=self.partitions, temperature=self.tau, clip=self.clip, top_k=self.top_k)
-
-    @property
-    def eps0(self) -> float:
-        return 2 * self.clip / (self.partitions * self.tau)
-
-    @property
-    def v(self) -> int:
-        return len(self.public)
-
-    def crafted(self) -> np.ndarray:
-        """The extreme row: after clipping it sits at +C on token 0 and -C on token 1."""
-        c, z = self.clip, np.asarray(self.public, dtype=float)
-        if self.mechanism == "em":  # z_pub + clip(z - z_pub): +C, -C, 0, ...
-            return z + np.r_[10 * c, -10 * c, np.zeros(self.v - 2)]
-        return np.r_[10.0, -10.0, np.full(self.v - 2, 10.0 - c)]  # shifted: c, -c, 0, ...
-
-    def d_rows(self, copies: int = 1) -> np.ndarray:
-        return np.vstack([_rows(self.background, self.v), *[self.crafted()] * copies])
-
-    def dp_rows(self) -> np.ndarray:
-        return _rows(self.background, self.v)
-
-
-def exact(case: Case, rows: np.ndarray, divisor: float) -> np.ndarray:
-    """The docstring formulas of aggregate_em / aggregate_amin, whole vocabulary as candidates."""
-    c, zp = case.clip, np.asarray(case.public, dtype=float)
-    if case.mechanism == "em":
-        s = zp + np.clip(rows - zp, -c, c).sum(axis=0) / divisor
-    else:
-        s = np.clip(rows - rows.max(axis=1, keepdims=True) + c, -c, c).sum(axis=0) / divisor if len(rows) else np.zeros(case.v)
-    return softmax(s / case.tau)
-
-
-_AMIN_BG = lambda c, v, n: tuple(tuple([0.0] + [-c] * (v - 1)) for _ in range(n))  # noqa: E731  shifted: c, 0, 0...
+_AMIN_BG = amin_background
 
 CASES = [
     Case("em", 1.0, 2, 0.5, (1.0, 0.0, 0.0, 0.0), (), None, 11),
@@ -224,36 +121,9 @@ def test_matches_documented_formula(case):
 # ---------------------------------------------------------------------------------------------
 # gaussian noisy argmax: privacy profile of a Gaussian mechanism with mu = L2 sensitivity / sigma
 
-
-def gaussian_delta(eps: float, mu: float) -> float:
-    """Tight privacy profile of the Gaussian mechanism (Balle & Wang 2018)."""
-    return float(stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2))
-
-
-EPS_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
-
-
-def profile_excess(counts_a, counts_b, n: int, alpha: float = ALPHA) -> list[tuple[float, float, float]]:
-    """For each eps: (eps, lower confidence bound, point estimate) of
-    max over events E = {y} and both directions of P_a(E) - e^eps P_b(E)."""
-    counts_a, counts_b = np.ravel(counts_a), np.ravel(counts_b)
-    each = alpha / (2 * counts_a.size)
-    lo_a, hi_a = cp_interval(counts_a, n, each)
-    lo_b, hi_b = cp_interval(counts_b, n, each)
-    pa, pb = counts_a / n, counts_b / n
-    out = []
-    for eps in EPS_GRID:
-        k = math.exp(eps)
-        lcb = max((lo_a - k * hi_b).max(), (lo_b - k * hi_a).max())
-        point = max((pa - k * pb).max(), (pb - k * pa).max())
-        out.append((eps, float(lcb), float(point)))
-    return out
-
-
 # (sigma, rows favouring token 1 present in both D and D'); V = 2, top_k = 2: binary output
 GAUSS = [(1.0, 0, 101), (2.0, 0, 111), (1.5, 2, 121)]
 GAUSS_IDS = [f"sigma{s}-bg{b}" for s, b, _ in GAUSS]
-EXTREME = (30.0, -30.0)
 
 
 def _gauss_counts(sigma: float, n_bg: int, seed: int, copies: int = 1):
@@ -297,27 +167,10 @@ def test_gaussian_power(sigma, n_bg, seed):
 # ---------------------------------------------------------------------------------------------
 # public-token gate: one step of Laplace AboveThreshold with a fresh GroupState
 
-GATE_PUBLIC = (3.0, 0.0, 0.0, 0.0)
-GATE_ROW = (-20.0, 20.0, -20.0, -20.0)  # a point mass on a token the public row finds unlikely
-
 
 def _gate_cfg(n: int = 8, eps: float = 1.0, threshold: float = 0.9) -> DecodingConfig:
     return DecodingConfig(mechanism="em", partitions=n, temperature=1.0, clip=2.0, top_k=None,
                           gate=GateConfig(threshold=threshold, epsilon=eps, max_private_tokens=4))
-
-
-def laplace_diff_survival(t: float, a: float, b: float) -> float:
-    """P(A - B >= t) for independent A ~ Lap(a), B ~ Lap(b), a != b."""
-    s = (a * a * math.exp(-abs(t) / a) - b * b * math.exp(-abs(t) / b)) / (2 * (a * a - b * b))
-    return s if t >= 0 else 1.0 - s
-
-
-def exact_above(cfg: DecodingConfig, n_rows: int) -> float:
-    """P(above) = P(q + Lap(4D/eps) >= T + Lap(2D/eps)), q = (1/2)|sum_i (p_i - p_pub)| / N."""
-    g, d = cfg.gate, 1.0 / cfg.partitions
-    pp, pr = softmax(np.asarray(GATE_PUBLIC) / cfg.temperature), softmax(np.asarray(GATE_ROW) / cfg.temperature)
-    q = 0.5 * np.abs(n_rows * (pr - pp)).sum() / cfg.partitions
-    return laplace_diff_survival(g.threshold - q, 4 * d / g.epsilon, 2 * d / g.epsilon)
 
 
 def _gate_counts(cfg: DecodingConfig, seed: int, copies: int = 1):
@@ -359,8 +212,8 @@ def test_gate_power(monkeypatch):
     assert lcb > eps, f"unit spanning N rows not detected: lcb {lcb:.3f} vs eps {eps}"
 
     monkeypatch.setattr(select_mod, "gate_delta", lambda c: 0.5 / c.partitions)
-    _draw_cached.cache_clear()  # the cache must not serve draws of the unpatched mechanism
+    clear_draw_cache()  # the cache must not serve draws of the unpatched mechanism
     d, dp = _gate_counts(cfg, 221)
-    _draw_cached.cache_clear()
+    clear_draw_cache()
     lcb, _ = log_ratio_bounds(above(d), above(dp), GATE_DRAWS)
     assert lcb > eps / 4, f"halved gate noise not detected: lcb {lcb:.3f} vs eps/4 {eps / 4}"

@@ -34,8 +34,6 @@ def _command(a: argparse.Namespace) -> str:
 
 
 def cmd(a: argparse.Namespace) -> int:
-    import json
-
     import pydantic
 
     from .report import verdicts, write_report
@@ -44,16 +42,13 @@ def cmd(a: argparse.Namespace) -> int:
     out = Path(a.out)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     command = _command(a)
-    if a.report_only:
-        results = json.loads((out / "results.json").read_text())
-    else:
-        given = {k: getattr(a, k) for k in _FLAGS if getattr(a, k) is not None}
-        try:
-            settings = EvalSettings(**{**(FAST if a.fast else {}), **given})
-        except pydantic.ValidationError as e:
-            first = e.errors()[0]
-            raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'input'}: {first['msg']}") from None
-        results = run_eval(settings, out, say=say, bar=sys.stderr.isatty())
+    given = {k: getattr(a, k) for k in _FLAGS if getattr(a, k) is not None}
+    try:
+        settings = EvalSettings(**{**(FAST if a.fast else {}), **given})
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'input'}: {first['msg']}") from None
+    results = run_eval(settings, out, say=say, bar=sys.stderr.isatty(), generate=not a.report_only)
     report = write_report(results, out, command)
     for line in verdicts(results):
         print(line)
@@ -69,7 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--datasets", type=_names, default=None, help="comma-separated: sms-spam,trec,rotten-tomatoes (default: all)")
     p.add_argument("--epsilons", type=_floats, default=None, help="comma-separated, inf = no privacy (default: 1,3,10,inf)")
     p.add_argument("--mechanisms", type=_names, default=None, help="comma-separated: em,amin,gaussian (default: all)")
-    p.add_argument("--records", type=int, default=None, help="synthetic records per cell (default: 120)")
+    p.add_argument("--records", type=int, default=None, help="synthetic records per cell (default: 100)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per record (default: per dataset, 24-40)")
     p.add_argument("--partitions", type=int, default=None, help="N, rows per group (default: 8)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1.0)")
@@ -77,5 +72,5 @@ def add_parser(sub) -> None:
     p.add_argument("--train-rows", type=int, default=None, help="cap on private train rows (default: the whole 80%% split)")
     p.add_argument("--test-rows", type=int, default=None, help="cap on held-out test rows (default: 500)")
     p.add_argument("--seed", type=int, default=None, help="split, groups and mechanism randomness (default: 0)")
-    p.add_argument("--report-only", action="store_true", help="redraw report.md and plots from OUT/results.json")
+    p.add_argument("--report-only", action="store_true", help="score and report only the cells already finished (same flags as the run)")
     p.set_defaults(func=cmd)

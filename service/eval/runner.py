@@ -55,7 +55,7 @@ class EvalSettings(BaseModel):
     datasets: tuple[str, ...] = tuple(SETUPS)
     epsilons: tuple[float, ...] = (1.0, 3.0, 10.0, math.inf)
     mechanisms: tuple[str, ...] = MECHANISMS
-    records: int = Field(default=120, ge=4, le=100_000)
+    records: int = Field(default=100, ge=4, le=100_000)  # SMS: 50 spam records fit one round of its ~58 groups
     max_tokens: int | None = Field(default=None, ge=1, le=512)  # None: the dataset's own (SETUPS)
     partitions: int = Field(default=8, ge=1, le=1024)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
@@ -184,8 +184,11 @@ def measure(texts: list[str], labels: list[str], x: np.ndarray, test: list[dict]
     return out
 
 
-def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None] = lambda _m: None, bar: bool = False) -> dict:
-    """Run (or resume) the grid; returns the results dict also written to out/results.json."""
+def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None] = lambda _m: None, bar: bool = False,
+             generate: bool = True) -> dict:
+    """Run (or resume) the grid; returns the results dict also written to out/results.json.
+
+    generate=False scores only the cells already finished (a report of a run cut short)."""
     from .embed import embed
 
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +215,9 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
             if done.exists():
                 cells[cell] = json.loads(done.read_text())
                 say(f"{name} {cell}: done earlier, kept")
+                continue
+            if not generate:
+                say(f"{name} {cell}: not run, left out of the report")
                 continue
             if engine is None:
                 from ..engine.loader import load_engine
@@ -242,8 +248,8 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
                 f"frechet {result['frechet'] or 0:.3f} ({result['seconds']:.0f} s)")
         # The ceiling: the same classifiers on real train rows, as many per label as the
         # private-free cell produced (else as the request asked).
-        ref = cells.get("none-inf") or next(iter(cells.values()))
-        real = real_sample(data.train, ref["label_counts"], s.seed)
+        ref = cells.get("none-inf") or next(iter(cells.values()), None)
+        real = real_sample(data.train, ref["label_counts"] if ref else balanced_counts(s.records, data.labels), s.seed)
         real_texts, real_labels = [r["text"] for r in real], [r["label"] for r in real]
         results["datasets"][name] = {
             "train_rows": len(data.train),

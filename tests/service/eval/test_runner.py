@@ -81,7 +81,9 @@ def test_rerun_resumes_and_refuses_other_settings(tiny_run, engine):
 
 def test_report_and_plots(tiny_run, capsys):
     out, _ = tiny_run
-    assert main(["eval", "--out", str(out), "--report-only"]) == 0
+    flags = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--mechanisms", "em,gaussian", "--records", "4", "--max-tokens", "6",
+             "--train-rows", "200", "--test-rows", "60"]
+    assert main(["eval", "--out", str(out), "--report-only", *flags]) == 0
     printed = capsys.readouterr().out
     assert "em at epsilon 3 reaches" in printed and ("PASS" in printed or "FAIL" in printed)
     report = (out / "report.md").read_text()
@@ -89,6 +91,16 @@ def test_report_and_plots(tiny_run, capsys):
     for png in ("accuracy.png", "frechet.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_report_of_a_run_cut_short(tiny_run, tmp_path, engine):
+    """generate=False reports the finished cells and generates nothing."""
+    out, results = tiny_run
+    (tmp_path / "sms-spam").mkdir()
+    (tmp_path / "sms-spam" / "em-eps3.json").write_text((out / "sms-spam" / "em-eps3.json").read_text())
+    partial = run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)
+    assert set(partial["datasets"]["sms-spam"]["cells"]) == {"em-eps3"}
+    assert [p.name for p in (tmp_path / "sms-spam").glob("*.jsonl")] == ["train.jsonl"]  # nothing generated
 
 
 def test_cli_names_the_bad_flag(tmp_path, capsys):

@@ -51,8 +51,8 @@ def verdicts(results: dict) -> list[str]:
                 if len(row) > 1:
                     best = max(row, key=row.get)
                     ok = "PASS" if row.get("em") == row[best] else "FAIL"
-                    lines.append(f"{ok} {name} {label}: at epsilon {eps:g} the best mechanism is {best} "
-                                 + ", ".join(f"{m} {v:.3f}" for m, v in sorted(row.items())))
+                    lines.append(f"{ok} {name} {label}: at epsilon {eps:g} the best mechanism is {best} ("
+                                 + ", ".join(f"{m} {v:.3f}" for m, v in sorted(row.items())) + ")")
     return lines
 
 

@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.engine import add_parser as add_bench_engine
 
     add_bench_engine(bsub)
+    from .bench.suite import add_parser as add_bench_suite
+
+    add_bench_suite(bsub)
 
     sv = sub.add_parser("serve", help="run the gRPC server (settings: --config YAML < PRIVTEXT_* environment < flags)")
     sv.add_argument("--config", default=None, metavar="YAML", help="settings file (every field also PRIVTEXT_<FIELD>)")

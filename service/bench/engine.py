@@ -138,6 +138,79 @@ def _check_args(partitions: int, groups: int, max_tokens: int, repeats: int) -> 
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
+STARVED = 0.85  # a run that got less than this share of its threads' CPU time was starved: noise
+
+
+def private_config(mechanism: str, partitions: int):
+    """The DecodingConfig every benchmark decodes with (clip 1, top-k 64, defaults otherwise)."""
+    from mechanisms import DecodingConfig
+
+    return DecodingConfig(mechanism=mechanism, partitions=partitions, clip=1.0, top_k=64)
+
+
+def _decode(engine, kind: str, requests: Sequence, cfg, seed: int) -> tuple[int, TimedSelector | None, list]:
+    """One decode of all `requests` in one batch: (tokens, the timed selector or None, results)."""
+    from ..generation.selector import MechanismSelector
+
+    rows = max(2, sum(r.n_rows for r in requests))
+    if kind == "raw":
+        return engine.run_raw(requests, seed=seed, max_batch_rows=rows), None, []
+    sel = TimedSelector(MechanismSelector(cfg, np.random.default_rng(seed)))
+    results = list(engine.run(requests, sel, max_batch_rows=rows))
+    return sum(len(r.token_ids) for r in results), sel, results
+
+
+def warm_up(engine, requests: Sequence, cfg, seed: int = 0) -> float:
+    """Every code path once on a tiny batch (one group, two tokens); returns its seconds."""
+    t0 = time.perf_counter()
+    tiny = [dataclasses.replace(requests[0], max_tokens=min(2, requests[0].max_tokens))]
+    _decode(engine, "raw", tiny, cfg, seed)
+    _decode(engine, "private", tiny, cfg, seed)
+    return time.perf_counter() - t0
+
+
+def measure(engine, kind: str, requests: Sequence, cfg, seed: int) -> dict:
+    """One timed run ("raw" or "private" with `cfg`) of all `requests` in one batch: seconds,
+    tokens/s, phase seconds, CPU share and page faults. Raises when a run returned fewer tokens
+    than asked for (ignore_eos: every group decodes exactly its max_tokens)."""
+    import torch
+
+    stats = engine.stats
+    prompt0, decode0, steps0 = stats.prompt_tokens, stats.decode_tokens, stats.steps
+    ru0, cpu0, busy0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), _busy_cpu_seconds()
+    with _phase_timers(engine) as phases:
+        t0 = time.perf_counter()
+        tokens, sel, results = _decode(engine, kind, requests, cfg, seed)
+        seconds = time.perf_counter() - t0
+    cpu, ru1, busy1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF), _busy_cpu_seconds()
+    expected = sum((r.n_rows if kind == "raw" else 1) * r.max_tokens for r in requests)
+    if tokens != expected:
+        reasons = sorted({r.finish_reason for r in results})
+        raise RuntimeError(f"{kind} run returned {tokens} tokens, expected {expected}" + (f" (finish reasons {reasons})" if reasons else ""))
+    prefill, decode = phases["_prefill"], phases["_decode_step"]
+    run = {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "prefill_seconds": prefill,
+        "decode_seconds": decode,
+        "selection_seconds": sel.seconds if sel is not None else 0.0,
+        "selection_calls": sel.calls if sel is not None else 0,
+        "prompt_tokens": stats.prompt_tokens - prompt0,
+        "decode_tokens": stats.decode_tokens - decode0,
+        "steps": stats.steps - steps0,
+        # this process' CPU time over (wall x threads): well under 1 means the run was
+        # starved (other processes on the cores) and its numbers are noise
+        "cpu_utilization": cpu / (seconds * torch.get_num_threads()),
+        "page_faults": ru1.ru_minflt - ru0.ru_minflt,
+        # CPU seconds other processes used on this machine meanwhile (None off Linux)
+        "others_cpu_seconds": None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu),
+    }
+    known = [x for x in (prefill, decode, run["selection_seconds"]) if x is not None]
+    run["other_seconds"] = seconds - sum(known) if prefill is not None and decode is not None else None
+    return run
+
+
 def bench_engine(
     engine_name: str = "auto",
     partitions: int = 8,
@@ -156,15 +229,12 @@ def bench_engine(
     engine: an already loaded Engine to reuse (tests); otherwise `engine_name` is loaded."""
     import torch
 
-    from mechanisms import DecodingConfig
-
     from ..engine.loader import load_engine
-    from ..generation.selector import MechanismSelector
 
     _check_args(partitions, groups, max_tokens, repeats)
     if sorted(order) != ["private", "raw"]:
         raise ValueError(f"order must be ('raw', 'private') or ('private', 'raw'), got {order!r}")
-    cfg = DecodingConfig(mechanism=mechanism, partitions=partitions, clip=1.0, top_k=64)
+    cfg = private_config(mechanism, partitions)
     say = progress or (lambda _msg: None)
     texts = corpus_texts(partitions, groups)
 
@@ -177,65 +247,15 @@ def bench_engine(
     rows = groups * (partitions + 1)
     expected_raw = rows * max_tokens
 
-    def raw(requests, s):
-        return engine.run_raw(requests, seed=s, max_batch_rows=max(2, sum(r.n_rows for r in requests)))
-
-    def private(requests, s):
-        sel = TimedSelector(MechanismSelector(cfg, np.random.default_rng(s)))
-        results = list(engine.run(requests, sel, max_batch_rows=max(2, sum(r.n_rows for r in requests))))
-        return sum(len(r.token_ids) for r in results), sel, results
-
-    # Warm-up: every code path once, on a tiny batch (one group, two tokens).
-    t0 = time.perf_counter()
     say("warm-up")
-    tiny = [dataclasses.replace(reqs[0], max_tokens=min(2, max_tokens))]
-    raw(tiny, seed)
-    private(tiny, seed)
-    warmup_seconds = time.perf_counter() - t0
+    warmup_seconds = warm_up(engine, reqs, cfg, seed)
 
     runs: dict[str, list[dict]] = {"raw": [], "private": []}
     for rep in range(repeats):
         for kind in order if rep % 2 == 0 else order[::-1]:  # ABBA: neither kind always goes first
-            stats = engine.stats
-            prompt0, decode0, steps0 = stats.prompt_tokens, stats.decode_tokens, stats.steps
-            sel = None
-            ru0, cpu0, busy0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), _busy_cpu_seconds()
-            with _phase_timers(engine) as phases:
-                t0 = time.perf_counter()
-                if kind == "raw":
-                    tokens = raw(reqs, seed + rep)
-                else:
-                    tokens, sel, results = private(reqs, seed + rep)
-                seconds = time.perf_counter() - t0
-            cpu, ru1, busy1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF), _busy_cpu_seconds()
-            if kind == "raw" and tokens != expected_raw:
-                raise RuntimeError(f"raw run returned {tokens} tokens, expected {expected_raw}")
-            if kind == "private" and tokens != groups * max_tokens:
-                reasons = sorted({r.finish_reason for r in results})
-                raise RuntimeError(f"private run returned {tokens} tokens, expected {groups * max_tokens} (finish reasons {reasons})")
-            prefill, decode = phases["_prefill"], phases["_decode_step"]
-            run = {
-                "seconds": seconds,
-                "tokens": tokens,
-                "tokens_per_s": tokens / seconds,
-                "prefill_seconds": prefill,
-                "decode_seconds": decode,
-                "selection_seconds": sel.seconds if sel is not None else 0.0,
-                "selection_calls": sel.calls if sel is not None else 0,
-                "prompt_tokens": stats.prompt_tokens - prompt0,
-                "decode_tokens": stats.decode_tokens - decode0,
-                "steps": stats.steps - steps0,
-                # this process' CPU time over (wall x threads): well under 1 means the run was
-                # starved (other processes on the cores) and its numbers are noise
-                "cpu_utilization": cpu / (seconds * torch.get_num_threads()),
-                "page_faults": ru1.ru_minflt - ru0.ru_minflt,
-                # CPU seconds other processes used on this machine meanwhile (None off Linux)
-                "others_cpu_seconds": None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu),
-            }
-            known = [x for x in (prefill, decode, run["selection_seconds"]) if x is not None]
-            run["other_seconds"] = seconds - sum(known) if prefill is not None and decode is not None else None
+            run = measure(engine, kind, reqs, cfg, seed + rep)
             runs[kind].append(run)
-            say(f"  {kind:<7} run {rep + 1}/{repeats}: {seconds:6.2f} s, {tokens / seconds:8.1f} tokens/s, cpu {run['cpu_utilization']:.0%}, others {_s(run['others_cpu_seconds'], '.1f')} cpu s")
+            say(f"  {kind:<7} run {rep + 1}/{repeats}: {run['seconds']:6.2f} s, {run['tokens_per_s']:8.1f} tokens/s, cpu {run['cpu_utilization']:.0%}, others {_s(run['others_cpu_seconds'], '.1f')} cpu s")
 
     def med(kind: str, key: str):
         vals = [r[key] for r in runs[kind]]
@@ -325,7 +345,7 @@ def format_result(d: dict) -> str:
         lines.append("faults M = minor page faults (millions): memory the allocator had to map afresh during the run")
     for kind in ("raw", "private"):
         util = d.get(f"{kind}_cpu_utilization")
-        if util is not None and util < 0.85:
+        if util is not None and util < STARVED:
             others = [r["others_cpu_seconds"] for r in d["runs"][kind]]
             lines.append(f"warning: the {kind} run had {util:.0%} of {d['threads']} cores (other processes used {others} cpu s): noisy, rerun")
     return "\n".join(lines)

@@ -223,7 +223,7 @@ def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | N
         "records_planned": records,
         "rows": s.rows,
         "units": units,
-        "units_source": "declared-public (the auditor built the corpus)",
+        "units_source": "declared-public: the auditor built the corpus",
         "pii_filter": "off (post-processing; it would redact the digit secrets)",
         "per_token": per_token,
         "per_token_delta": token_delta,

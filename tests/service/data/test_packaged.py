@@ -47,6 +47,20 @@ def test_sms_spam_clean_up() -> None:
     assert any("<#>" in t for t in texts)
 
 
+def test_sms_spam_lines_swallowed_by_the_csv_are_split_out_with_their_own_labels() -> None:
+    _require("sms-spam")
+    rows = packaged.sms_spam()
+    label = {r["text"]: r["label"] for r in rows}
+    assert not any("\tham" in t or "ham\t" in t or "spam\t" in t for t in label)
+    assert max(len(t) for t in label) <= 910  # the collection's longest message
+    # Both were inside the field of row 3737 ("Life is nothing wen v get everything...", ham).
+    assert label["how are you? I miss you!"] == "ham"
+    assert any(t.startswith("GSOH? Good with SPAM the ladies?") and lab == "spam" for t, lab in label.items())
+    assert label['Life is nothing wen v get everything". But "life is everything wen v miss something ". '
+                 "Real value of people wil be realized only in their absence.... gud mrng"] == "ham"
+    assert len(rows) > 5100  # 4,511 before the split-out
+
+
 def test_unknown_name_lists_the_names() -> None:
     names = r"\['rotten-tomatoes', 'sms-spam', 'trec'\]"
     with pytest.raises(ValueError, match=f"dataset must be one of {names}, got 'imdb'"):
@@ -81,7 +95,7 @@ def test_export_jsonl_full_dataset_reads_back_as_a_corpus(tmp_path: Path, name: 
     _require(name)
     path = tmp_path / f"{name}.jsonl"
     n = packaged.export_jsonl(name, path)
-    c = read_corpus(path, label_field="label", max_bad_fraction=0.0, max_record_chars=100_000)
+    c = read_corpus(path, label_field="label", max_bad_fraction=0.0)
     assert n == len(c.records) == len(packaged.load(name)) and c.bad == ()
     assert [r.text for r in c.records] == [r["text"] for r in packaged.load(name)]
     if name == "sms-spam":

@@ -110,3 +110,15 @@ def test_report_of_a_run_cut_short(tiny_run, tmp_path, engine):
 def test_cli_names_the_bad_flag(tmp_path, capsys):
     assert main(["eval", "--out", str(tmp_path), "--mechanisms", "em,nope"]) == 2
     assert "mechanisms" in capsys.readouterr().err
+
+
+def test_a_resumed_folder_whose_train_part_differs_is_refused(tiny_run, tmp_path, engine):
+    """Cells made from another split (the packaged data or its loader changed) are never mixed in."""
+    out, _ = tiny_run
+    (tmp_path / "sms-spam").mkdir()
+    rows = (out / "sms-spam" / "train.jsonl").read_text().splitlines()
+    (tmp_path / "sms-spam" / "train.jsonl").write_text("\n".join(rows[1:]) + "\n")  # one row fewer
+    with pytest.raises(ValueError, match="train.jsonl is not the train part sms-spam splits into now"):
+        run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)
+    (tmp_path / "sms-spam" / "train.jsonl").write_text("\n".join(rows) + "\n")  # the same rows: accepted
+    assert run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)["datasets"]["sms-spam"]["cells"] == {}

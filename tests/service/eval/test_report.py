@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from service.eval.report import verdicts
+from service.eval.runner import cell_name
 
 
 def _cell(eps, mechanism: str, tfidf: float, minilm: float) -> dict:
@@ -13,12 +16,9 @@ def _cell(eps, mechanism: str, tfidf: float, minilm: float) -> dict:
             "minilm": {"balanced_accuracy": minilm, "accuracy": minilm}}
 
 
-def _name(c: dict) -> str:  # as service.eval.runner.cell_name names a cell
-    return "none-inf" if c["epsilon"] == "inf" else f"{c['mechanism']}-eps{c['epsilon']:g}"
-
-
 def _results(*cells: dict) -> dict:
-    return {"datasets": {"d": {"cells": {_name(c): c for c in cells}}}}
+    names = {cell_name(math.inf if c["epsilon"] == "inf" else c["epsilon"], c["mechanism"]): c for c in cells}
+    return {"datasets": {"d": {"cells": names}}}
 
 
 @pytest.mark.parametrize(("em", "none", "expected"), [

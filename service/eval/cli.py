@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import sys
@@ -16,6 +17,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers or inf, got {text!r}") from None
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -23,10 +31,15 @@ def _names(text: str) -> tuple[str, ...]:
 _FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "train_rows", "test_rows", "seed")
 
 
-def _command(a: argparse.Namespace) -> str:
-    """The command line that reproduces this run (for the report)."""
+def _command(a: argparse.Namespace, seed: int | None = None) -> str:
+    """The command line that reproduces this run (for the report); with seed, that seed's own
+    run of a --seeds evaluation, into its own folder."""
+    from .seeds import seed_folder
+
+    if seed is not None:
+        a = argparse.Namespace(**{**vars(a), "out": seed_folder(Path(a.out), seed), "seed": seed, "seeds": None})
     words = ["privtext", "eval", "--out", str(a.out)] + (["--fast"] if a.fast else [])
-    for k in _FLAGS:
+    for k in (*_FLAGS, "seeds"):
         v = getattr(a, k)
         if v is not None:
             words += ["--" + k.replace("_", "-"), ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else str(v)]
@@ -37,7 +50,8 @@ def cmd(a: argparse.Namespace) -> int:
     import pydantic
 
     from .report import verdicts, write_report
-    from .runner import FAST, EvalSettings, run_eval
+    from .runner import FAST, GRID, EvalSettings, claim_folder, run_eval
+    from .seeds import combine, seed_folder
 
     out = Path(a.out)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -48,11 +62,29 @@ def cmd(a: argparse.Namespace) -> int:
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'input'}: {first['msg']}") from None
-    results = run_eval(settings, out, say=say, bar=sys.stderr.isatty(), generate=not a.report_only)
+    if a.seeds is None:
+        results = run_eval(settings, out, say=say, bar=sys.stderr.isatty(), generate=not a.report_only)
+    else:
+        if a.seed is not None:
+            raise ValueError("seeds: give --seed or --seeds, not both")
+        seeds = sorted(set(a.seeds))
+        if len(seeds) < 2:
+            raise ValueError(f"seeds: give at least 2 distinct seeds (for one, use --seed), got {list(a.seeds)}")
+        # The top folder holds the settings without the seed; seeds, like the grid, may change.
+        claim_folder(out, {k: v for k, v in json.loads(settings.model_dump_json()).items() if k != "seed"} | {"seeds": seeds},
+                     grid=(*GRID, "seeds"))
+        by_seed = {}
+        for k in seeds:
+            say(f"seed {k} ({seeds.index(k) + 1} of {len(seeds)}): {seed_folder(out, k)}")
+            by_seed[k] = run_eval(settings.model_copy(update={"seed": k}), seed_folder(out, k), say=say, bar=sys.stderr.isatty(),
+                                  generate=not a.report_only)
+            write_report(by_seed[k], seed_folder(out, k), _command(a, seed=k))
+        results = combine(by_seed)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = write_report(results, out, command)
     for line in verdicts(results):
         print(line)
-    say(f"wrote {report}, {out / 'accuracy.png'}, {out / 'frechet.png'}")
+    say(f"wrote {report} and its plots: " + ", ".join(str(p) for p in sorted(out.glob("*.png"))))
     return 0
 
 
@@ -72,5 +104,7 @@ def add_parser(sub) -> None:
     p.add_argument("--train-rows", type=int, default=None, help="cap on private train rows (default: the whole 80%% split)")
     p.add_argument("--test-rows", type=int, default=None, help="cap on held-out test rows (default: 500)")
     p.add_argument("--seed", type=int, default=None, help="split, groups and mechanism randomness (default: 0)")
+    p.add_argument("--seeds", type=_ints, default=None,
+                   help="run the grid once per seed, each into OUT/seed-<k>, and report the mean over seeds with the spread")
     p.add_argument("--report-only", action="store_true", help="score and report only the cells already finished (same flags as the run)")
     p.set_defaults(func=cmd)

@@ -28,8 +28,22 @@ def _acc(scores: dict | None) -> float | None:
 
 
 def _accs(scores: dict | None) -> str:
-    """'balanced (plain)' for a table cell."""
-    return "-" if scores is None else f"{scores[METRIC]:.3f} ({scores['accuracy']:.3f})"
+    """'balanced (plain)' for a table cell; over several seeds 'mean ± sd [per seed]'."""
+    if scores is None:
+        return "-"
+    if "per_seed" in scores:
+        return f"{scores[METRIC]:.3f} ± {scores['sd']:.3f} [" + ", ".join(f"{v:.3f}" for v in scores["per_seed"]) + "]"
+    return f"{scores[METRIC]:.3f} ({scores['accuracy']:.3f})"
+
+
+def _seed_wins(row: dict[str, dict], mechanism: str) -> str:
+    """'; em best in 2 of 3 seeds' when the scores hold per-seed values (seeds.combine), else ''."""
+    per = {m: s["per_seed"] for m, s in row.items() if "per_seed" in s}
+    if len(per) != len(row) or not per:
+        return ""
+    n = len(next(iter(per.values())))
+    wins = sum(per[mechanism][t] == max(v[t] for v in per.values()) for t in range(n))
+    return f"; {mechanism} best in {wins} of {n} seeds"
 
 
 def verdicts(results: dict) -> list[str]:
@@ -44,27 +58,37 @@ def verdicts(results: dict) -> list[str]:
             if ceiling and at_goal and _acc(ceiling[key]) and _acc(at_goal[key]) is not None:
                 ratio = _acc(at_goal[key]) / _acc(ceiling[key])
                 ok = "PASS" if ratio >= GOAL_RATIO else "FAIL"
-                lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.1%} of the non-private balanced accuracy "
-                             f"({_acc(at_goal[key]):.3f} / {_acc(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%})")
+                per_seed = ""
+                if "per_seed" in at_goal[key] and "per_seed" in ceiling[key]:
+                    per_seed = "; per seed " + ", ".join(f"{a / b:.1%}" for a, b in zip(at_goal[key]["per_seed"], ceiling[key]["per_seed"]))
+                mean = "mean " if per_seed else ""
+                lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.1%} of the non-private {mean}balanced accuracy "
+                             f"({_acc(at_goal[key]):.3f} / {_acc(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%}{per_seed})")
             for eps in sorted({_eps(c) for c in cells.values() if not math.isinf(_eps(c))}):
-                row = {c["mechanism"]: _acc(c[key]) for c in cells.values() if _eps(c) == eps and c[key] is not None}
+                scored = {c["mechanism"]: c[key] for c in cells.values() if _eps(c) == eps and c[key] is not None}
+                row = {m: _acc(v) for m, v in scored.items()}
                 if len(row) > 1:
                     best = max(row, key=row.get)
                     ok = "PASS" if row.get("em") == row[best] else "FAIL"
                     lines.append(f"{ok} {name} {label}: at epsilon {eps:g} the best mechanism is {best} ("
-                                 + ", ".join(f"{m} {v:.3f}" for m, v in sorted(row.items())) + ")")
+                                 + ", ".join(f"{m} {v:.3f}" for m, v in sorted(row.items())) + ")"
+                                 + (_seed_wins(scored, "em") if "em" in scored else ""))
     return lines
 
 
 def markdown(results: dict, command: str, plots: list[str]) -> str:
     s = results["settings"]
+    seeds = s.get("seeds")
+    seeding = (f"seed {s['seed']}" if seeds is None else
+               f"seeds {', '.join(map(str, seeds))} (each its own split, groups and noise; scores are the mean over seeds "
+               "± their sample standard deviation, the per-seed values in brackets)")
     out = [
         "# privtext eval",
         "",
         f"Command: `{command}`",
         "",
         f"Settings: {s['records']} synthetic records per cell, N = {s['partitions']}, temperature {s['temperature']:g}, "
-        f"top-k {s['top_k']}, delta {s['delta']:g}, seed {s['seed']}, max tokens "
+        f"top-k {s['top_k']}, delta {s['delta']:g}, {seeding}, max tokens "
         f"{s['max_tokens'] if s['max_tokens'] else 'per dataset'}; classifiers trained on each training set and "
         "scored on the real held-out test part. Balanced accuracy (mean recall per label) is the headline, plain "
         "accuracy in brackets: the synthetic sets are label-balanced by request, the real test parts are not. `real` = the same classifiers trained on as many real train rows "
@@ -74,17 +98,19 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
     ]
     for name, d in results["datasets"].items():
         out += [f"## {name}", "",
-                f"{d['train_rows']:,} private train rows, {d['test_rows']:,} test rows, labels {', '.join(d['labels'])}; "
+                f"{d['train_rows']:,.0f} private train rows, {d['test_rows']:,.0f} test rows, labels {', '.join(d['labels'])}; "
                 f"majority-class floor: balanced accuracy {d['majority'][METRIC]:.3f}, accuracy {d['majority']['accuracy']:.3f}.", "",
                 "| training set | epsilon | n | TF-IDF bal. acc (acc) | MiniLM bal. acc (acc) | Frechet | distinct-1 | distinct-2 | words (mean) | PII touched | rounds | seconds |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         r = d["real"]
-        out.append(f"| real | - | {r['n']} | {_accs(r['tfidf'])} | {_accs(r['minilm'])} | {_f(r['frechet'])} | "
+        out.append(f"| real | - | {r['n']:g} | {_accs(r['tfidf'])} | {_accs(r['minilm'])} | {_f(r['frechet'])} | "
                    f"{_f(r['distinct_1'])} | {_f(r['distinct_2'])} | {r['words']['mean']:.1f} | - | - | - |")
         for c in sorted(d["cells"].values(), key=lambda c: (_eps(c), c["mechanism"])):
-            out.append(f"| {c['mechanism'] if c['mechanism'] != 'none' else 'no privacy'} | {c['epsilon']} | {c['n']} | "
+            out.append(f"| {c['mechanism'] if c['mechanism'] != 'none' else 'no privacy'} | {c['epsilon']} | {c['n']:g} | "
                        f"{_accs(c['tfidf'])} | {_accs(c['minilm'])} | {_f(c['frechet'])} | {_f(c['distinct_1'])} | "
-                       f"{_f(c['distinct_2'])} | {c['words']['mean']:.1f} | {c['pii_touched_fraction']:.0%} | {c['rounds']} | {c['seconds']:.0f} |")
+                       f"{_f(c['distinct_2'])} | {c['words']['mean']:.1f} | {c['pii_touched_fraction']:.0%} | {c['rounds']:g} | {c['seconds']:.0f} |")
+        for cell, have in d.get("incomplete", {}).items():
+            out.append(f"\n{cell} is left out: only seeds {', '.join(map(str, have))} of {', '.join(map(str, d['seeds']))} have it.")
         out.append("")
     out += ["## Verdicts", "", *[f"- {v}" for v in verdicts(results)], ""]
     out += [f"![{p}]({p})" for p in plots]
@@ -108,9 +134,10 @@ def plot_accuracy(results: dict, path: Path) -> None:
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
             for mech, style in (("em", "o-"), ("amin", "s-"), ("gaussian", "^-")):
-                pts = sorted((_eps(c), _acc(c[key])) for c in cells if c["mechanism"] == mech and c[key] is not None)
+                pts = sorted((_eps(c), _acc(c[key]), c[key].get("sd")) for c in cells if c["mechanism"] == mech and c[key] is not None)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=mech)
+                    sd = [p[2] for p in pts] if all(p[2] is not None for p in pts) else None  # seeds: mean ± sd
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=sd, fmt=style, capsize=3, label=mech)
             ceiling = d["cells"].get("none-inf")
             if ceiling and ceiling[key] is not None:
                 ax.axhline(_acc(ceiling[key]), color="black", ls="-.", lw=1, label="no privacy (same pipeline)")
@@ -175,9 +202,16 @@ def _legend_below(fig, ax) -> None:
 
 
 def write_report(results: dict, out: Path, command: str) -> Path:
-    """report.md with accuracy.png and frechet.png beside it; returns the report's path."""
+    """report.md with accuracy.png and frechet.png (and seeds.png over several seeds) beside it;
+    returns the report's path."""
+    plots = ["accuracy.png", "frechet.png"]
     plot_accuracy(results, out / "accuracy.png")
     plot_frechet(results, out / "frechet.png")
+    if "seeds" in results["settings"]:
+        from .seeds import plot_seeds
+
+        plot_seeds(results, out / "seeds.png")
+        plots.insert(0, "seeds.png")
     path = out / "report.md"
-    path.write_text(markdown(results, command, ["accuracy.png", "frechet.png"]))
+    path.write_text(markdown(results, command, plots))
     return path

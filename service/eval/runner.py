@@ -187,6 +187,22 @@ def measure(texts: list[str], labels: list[str], x: np.ndarray, test: list[dict]
     return out
 
 
+def claim_folder(out: Path, wanted: dict, grid: tuple[str, ...] = GRID) -> None:
+    """Record `wanted` in out/settings.json, refusing a folder that holds other settings.
+
+    The grid fields may grow or shrink between runs (each cell is generated on its own);
+    everything else decides what a cell holds, so it must match."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "settings.json"
+    if settings_file.exists():
+        held = json.loads(settings_file.read_text())
+        differ = sorted(k for k in wanted.keys() | held.keys() if k not in grid and held.get(k) != wanted.get(k))
+        if differ:
+            raise ValueError(f"out: {out} holds an evaluation with other settings ({', '.join(differ)} differ, see {settings_file}); "
+                             "use another --out")
+    settings_file.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
 def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None] = lambda _m: None, bar: bool = False,
              generate: bool = True) -> dict:
     """Run (or resume) the grid; returns the results dict also written to out/results.json.
@@ -194,18 +210,8 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
     generate=False scores only the cells already finished (a report of a run cut short)."""
     from .embed import embed
 
-    out.mkdir(parents=True, exist_ok=True)
-    settings_file = out / "settings.json"
     wanted = json.loads(s.model_dump_json())
-    if settings_file.exists():
-        # The grid (datasets, epsilons, mechanisms) may grow or shrink between runs: each cell is
-        # generated on its own. Everything else decides what a cell holds, so it must match.
-        held = json.loads(settings_file.read_text())
-        differ = sorted(k for k in wanted.keys() | held.keys() if k not in GRID and held.get(k) != wanted.get(k))
-        if differ:
-            raise ValueError(f"out: {out} holds an evaluation with other settings ({', '.join(differ)} differ, see {settings_file}); "
-                             "use another --out")
-    settings_file.write_text(json.dumps(wanted, indent=1) + "\n")
+    claim_folder(out, wanted)
 
     results: dict = {"settings": wanted, "datasets": {}}
     for name in s.datasets:

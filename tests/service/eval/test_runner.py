@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -122,3 +123,42 @@ def test_a_resumed_folder_whose_train_part_differs_is_refused(tiny_run, tmp_path
         run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)
     (tmp_path / "sms-spam" / "train.jsonl").write_text("\n".join(rows) + "\n")  # the same rows: accepted
     assert run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)["datasets"]["sms-spam"]["cells"] == {}
+
+
+def test_seeds_run_each_seed_into_its_own_folder_and_report_the_mean(tiny_run, tmp_path, engine, capsys):
+    """--seeds: seed 0 is the tiny run (resumed, nothing regenerated), seed 1 is generated."""
+    out, _ = tiny_run
+    shutil.copytree(out, tmp_path / "seed-0")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "seed-0" / "sms-spam").glob("*.jsonl")}
+    flags = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--mechanisms", "em", "--records", "4", "--max-tokens", "6",
+             "--train-rows", "200", "--test-rows", "60"]
+    assert main(["eval", "--out", str(tmp_path), "--seeds", "1,0", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "em at epsilon 3 reaches" in printed and "of the non-private mean balanced accuracy" in printed and "per seed" in printed
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "seed-0" / "sms-spam").glob("*.jsonl")} == stamps
+    assert (tmp_path / "seed-1" / "sms-spam" / "em-eps3.jsonl").exists()
+    assert f"--out {tmp_path / 'seed-1'}" in (tmp_path / "seed-1" / "report.md").read_text()
+    assert "--seed 1" in (tmp_path / "seed-1" / "report.md").read_text()
+    combined = json.loads((tmp_path / "results.json").read_text())
+    em = combined["datasets"]["sms-spam"]["cells"]["em-eps3"]["tfidf"]
+    assert combined["settings"]["seeds"] == [0, 1] and len(em["per_seed"]) == 2
+    assert em["balanced_accuracy"] == pytest.approx(sum(em["per_seed"]) / 2)
+    assert "seeds 0, 1 (each its own split" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the folder now holds a seeds evaluation: a single-seed run into it is refused
+    with pytest.raises(ValueError, match="other settings \\(seed, seeds differ"):
+        run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", "0", "--seeds", "0,1"], "give --seed or --seeds, not both"),
+    (["--seeds", "3,3"], "at least 2 distinct seeds"),
+    (["--seeds", "0,x"], "expected comma-separated integers"),
+])
+def test_seeds_flags_are_checked(tmp_path, capsys, flags, message):
+    try:
+        code = main(["eval", "--out", str(tmp_path), "--report-only", *flags])
+    except SystemExit as e:  # argparse's own type errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err

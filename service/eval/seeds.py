@@ -114,7 +114,7 @@ def plot_seeds(results: dict, path: Path) -> None:
             ax.grid(alpha=0.3, axis="y")
     axes[0][0].scatter([], [], s=16, color="grey", label="one seed")
     axes[0][0].plot([], [], color="grey", lw=2.5, label="mean over seeds")
-    fig.suptitle(f"Per-seed scores and their mean ({results['settings']['records']} records per cell and seed)", fontsize=11)
+    fig.suptitle(f"Each seed (dots) and the mean (bars)\n{results['settings']['records']} records per cell and seed", fontsize=10)
     _legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -82,6 +82,7 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
     seeding = (f"seed {s['seed']}" if seeds is None else
                f"seeds {', '.join(map(str, seeds))} (each its own split, groups and noise; scores are the mean over seeds "
                "± their sample standard deviation, the per-seed values in brackets)")
+    shown = "mean ± sd [per seed]" if seeds else "(acc)"
     out = [
         "# privtext eval",
         "",
@@ -90,8 +91,8 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         f"Settings: {s['records']} synthetic records per cell, N = {s['partitions']}, temperature {s['temperature']:g}, "
         f"top-k {s['top_k']}, delta {s['delta']:g}, {seeding}, max tokens "
         f"{s['max_tokens'] if s['max_tokens'] else 'per dataset'}; classifiers trained on each training set and "
-        "scored on the real held-out test part. Balanced accuracy (mean recall per label) is the headline, plain "
-        "accuracy in brackets: the synthetic sets are label-balanced by request, the real test parts are not. `real` = the same classifiers trained on as many real train rows "
+        "scored on the real held-out test part. Balanced accuracy (mean recall per label) is the headline"
+        f"{'' if seeds else ', plain accuracy in brackets'}: the synthetic sets are label-balanced by request, the real test parts are not. `real` = the same classifiers trained on as many real train rows "
         "(same label counts) as the non-private cell produced; `majority` = always the most common train label. "
         "Frechet = distance between MiniLM embedding clouds (training set vs real test part; lower is closer).",
         "",
@@ -100,7 +101,7 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         out += [f"## {name}", "",
                 f"{d['train_rows']:,.0f} private train rows, {d['test_rows']:,.0f} test rows, labels {', '.join(d['labels'])}; "
                 f"majority-class floor: balanced accuracy {d['majority'][METRIC]:.3f}, accuracy {d['majority']['accuracy']:.3f}.", "",
-                "| training set | epsilon | n | TF-IDF bal. acc (acc) | MiniLM bal. acc (acc) | Frechet | distinct-1 | distinct-2 | words (mean) | PII touched | rounds | seconds |",
+                f"| training set | epsilon | n | TF-IDF bal. acc {shown} | MiniLM bal. acc {shown} | Frechet | distinct-1 | distinct-2 | words (mean) | PII touched | rounds | seconds |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         r = d["real"]
         out.append(f"| real | - | {r['n']:g} | {_accs(r['tfidf'])} | {_accs(r['minilm'])} | {_f(r['frechet'])} | "

@@ -78,6 +78,7 @@ def test_the_table_shows_mean_sd_and_seeds(two_seeds):
     report = markdown(two_seeds, "cmd", [])
     assert "seeds 0, 1 (each its own split" in report
     assert "| em | 3.0 | 100 | 0.600 ± 0.141 [0.700, 0.500] |" in report
+    assert "TF-IDF bal. acc mean ± sd [per seed]" in report and "plain accuracy in brackets" not in report
 
 
 def test_a_dataset_only_some_seeds_ran_is_combined_over_those():

@@ -74,6 +74,8 @@ def combine(by_seed: dict[int, dict]) -> dict:
             "incomplete": {c: [s for s, p in zip(ran, parts) if c in p["cells"]]
                            for c in sorted(set().union(*(p["cells"] for p in parts)) - every)},
         }
+    if not datasets:
+        raise ValueError(f"seeds: no seed has a finished cell yet (seeds {', '.join(map(str, seeds))}); run without --report-only")
     return {"settings": settings, "datasets": datasets}
 
 

@@ -91,3 +91,8 @@ def test_a_dataset_only_some_seeds_ran_is_combined_over_those():
 def test_nothing_to_combine_is_an_error():
     with pytest.raises(ValueError, match="seeds: no results"):
         combine({})
+
+
+def test_seeds_without_a_finished_cell_are_an_error_not_an_empty_report():
+    with pytest.raises(ValueError, match="no seed has a finished cell yet"):
+        combine({0: _seed(0), 1: _seed(1)})

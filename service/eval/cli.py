@@ -31,37 +31,55 @@ def _names(text: str) -> tuple[str, ...]:
 _FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "train_rows", "test_rows", "seed")
 
 
-def _command(a: argparse.Namespace, seed: int | None = None) -> str:
-    """The command line that reproduces this run (for the report); with seed, that seed's own
-    run of a --seeds evaluation, into its own folder."""
-    from .seeds import seed_folder
+def _sweep(text: str) -> tuple[str, tuple[float, ...]]:
+    from .sweep import parse
 
-    if seed is not None:
-        a = argparse.Namespace(**{**vars(a), "out": seed_folder(Path(a.out), seed), "seed": seed, "seeds": None})
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _command(a: argparse.Namespace, out: Path | None = None, **fields) -> str:
+    """The command line that reproduces this run (for the report); with out (and fields), the
+    plain run of one seed or one swept value of a --seeds or --sweep evaluation, into its folder."""
+    if out is not None:
+        a = argparse.Namespace(**{**vars(a), **fields, "out": out, "seeds": None, "sweep": None})
     words = ["privtext", "eval", "--out", str(a.out)] + (["--fast"] if a.fast else [])
     for k in (*_FLAGS, "seeds"):
         v = getattr(a, k)
         if v is not None:
-            words += ["--" + k.replace("_", "-"), ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else str(v)]
+            words += ["--" + k.replace("_", "-"), ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)]
+    if a.sweep is not None:
+        words += ["--sweep", f"{a.sweep[0].replace('_', '-')}=" + ",".join(f"{x:g}" for x in a.sweep[1])]
     return shlex.join(words)
 
 
-def cmd(a: argparse.Namespace) -> int:
+def _settings(a: argparse.Namespace, **override):
+    """EvalSettings from the flags (and a swept value), a bad value named by its field."""
     import pydantic
 
+    from .runner import FAST, EvalSettings
+
+    given = {k: getattr(a, k) for k in _FLAGS if getattr(a, k) is not None} | override
+    try:
+        return EvalSettings(**{**(FAST if a.fast else {}), **given})
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'input'}: {first['msg']}") from None
+
+
+def cmd(a: argparse.Namespace) -> int:
     from .report import verdicts, write_report
-    from .runner import FAST, GRID, EvalSettings, claim_folder, run_eval
+    from .runner import GRID, claim_folder, run_eval
     from .seeds import combine, seed_folder
 
     out = Path(a.out)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     command = _command(a)
-    given = {k: getattr(a, k) for k in _FLAGS if getattr(a, k) is not None}
-    try:
-        settings = EvalSettings(**{**(FAST if a.fast else {}), **given})
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'input'}: {first['msg']}") from None
+    settings = _settings(a)
+    if a.sweep is not None:
+        return _run_sweep(a, settings, out, command, say)
     if a.seeds is None:
         results = run_eval(settings, out, say=say, bar=sys.stderr.isatty(), generate=not a.report_only)
     else:
@@ -78,13 +96,43 @@ def cmd(a: argparse.Namespace) -> int:
             say(f"seed {k} ({seeds.index(k) + 1} of {len(seeds)}): {seed_folder(out, k)}")
             by_seed[k] = run_eval(settings.model_copy(update={"seed": k}), seed_folder(out, k), say=say, bar=sys.stderr.isatty(),
                                   generate=not a.report_only)
-            write_report(by_seed[k], seed_folder(out, k), _command(a, seed=k))
+            write_report(by_seed[k], seed_folder(out, k), _command(a, seed_folder(out, k), seed=k))
         results = combine(by_seed)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = write_report(results, out, command)
     for line in verdicts(results):
         print(line)
     say(f"wrote {report} and its plots: " + ", ".join(str(p) for p in sorted(out.glob("*.png"))))
+    return 0
+
+
+def _run_sweep(a: argparse.Namespace, settings, out: Path, command: str, say) -> int:
+    """--sweep: the grid once per value, each into OUT/<setting>-<value>, then one table."""
+    from . import sweep
+    from .report import write_report
+    from .runner import GRID, claim_folder, run_eval
+
+    name, values = a.sweep
+    if a.seeds is not None:
+        raise ValueError("sweep: give --sweep or --seeds, not both (sweep one seed, then rerun the values that matter with --seeds)")
+    if getattr(a, name) is not None:
+        raise ValueError(f"sweep: {sweep.flag(name)} is the swept setting; give its values in --sweep only")
+    each = {v: _settings(a, **{name: v}) for v in values}  # every value checked before any runs
+    # The top folder holds the settings without the swept one; its values, like the grid, may change.
+    claim_folder(out, {k: v for k, v in json.loads(settings.model_dump_json()).items() if k != name} | {"sweep": name, "values": list(values)},
+                 grid=(*GRID, "values"))
+    by_value = {}
+    for i, v in enumerate(values):
+        folder = sweep.value_folder(out, name, v)
+        say(f"{sweep.flag(name)[2:]} {v:g} ({i + 1} of {len(values)}): {folder}")
+        by_value[v] = run_eval(each[v], folder, say=say, bar=sys.stderr.isatty(), generate=not a.report_only)
+        write_report(by_value[v], folder, _command(a, folder, **{name: v}))
+    results = sweep.table(name, by_value)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    report = sweep.write_report(results, out, command)
+    for line in sweep.verdicts(results):
+        print(line)
+    say(f"wrote {report} and {out / 'sweep.png'}")
     return 0
 
 
@@ -106,5 +154,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="split, groups and mechanism randomness (default: 0)")
     p.add_argument("--seeds", type=_ints, default=None,
                    help="run the grid once per seed, each into OUT/seed-<k>, and report the mean over seeds with the spread")
+    p.add_argument("--sweep", type=_sweep, default=None, metavar="SETTING=V1,V2,...",
+                   help="run the grid once per value of one setting (temperature, top-k, partitions, records, max-tokens), "
+                        "each into OUT/<setting>-<value>, and report them side by side")
     p.add_argument("--report-only", action="store_true", help="score and report only the cells already finished (same flags as the run)")
     p.set_defaults(func=cmd)

@@ -162,3 +162,45 @@ def test_seeds_flags_are_checked(tmp_path, capsys, flags, message):
         code = e.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_sweep_runs_each_value_into_its_own_folder_and_reports_them_side_by_side(tiny_run, tmp_path, capsys):
+    """--sweep: top-k 64 is the tiny run (resumed, nothing regenerated), top-k 16 is generated."""
+    out, _ = tiny_run
+    shutil.copytree(out, tmp_path / "top-k-64")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "top-k-64" / "sms-spam").glob("*.jsonl")}
+    flags = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--mechanisms", "em,gaussian", "--records", "4", "--max-tokens", "6",
+             "--train-rows", "200", "--test-rows", "60"]
+    assert main(["eval", "--out", str(tmp_path), "--sweep", "top-k=64,16", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "sms-spam TF-IDF + LR: em at epsilon 3 scores best at top-k " in printed
+    assert "sms-spam MiniLM + LR: at epsilon 3 em is the best mechanism at " in printed and "of 2 values" in printed
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "top-k-64" / "sms-spam").glob("*.jsonl")} == stamps
+    assert (tmp_path / "top-k-16" / "sms-spam" / "gaussian-eps3.jsonl").exists()
+    own = (tmp_path / "top-k-16" / "report.md").read_text()
+    assert f"--out {tmp_path / 'top-k-16'}" in own and "--top-k 16" in own and "--sweep" not in own and "top-k 16," in own
+    swept = json.loads((tmp_path / "results.json").read_text())
+    assert swept["settings"]["sweep"] == "top_k" and swept["settings"]["values"] == [16.0, 64.0]
+    assert swept["datasets"]["sms-spam"]["cells"]["em-eps3"]["tfidf"][1] == tiny_run[1]["datasets"]["sms-spam"]["cells"]["em-eps3"]["tfidf"]["balanced_accuracy"]
+    assert "| training set | top-k 16 | top-k 64 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the folder now holds a sweep of top-k: a sweep of another setting into it is refused
+    assert main(["eval", "--out", str(tmp_path), "--sweep", "temperature=0.5,1", "--report-only", *flags]) == 2
+    assert "other settings (sweep, temperature, top_k differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sweep", "top-k=16,64", "--seeds", "0,1"], "give --sweep or --seeds, not both"),
+    (["--sweep", "top-k=16,64", "--top-k", "32"], "--top-k is the swept setting; give its values in --sweep only"),
+    (["--sweep", "top-k=0,16"], "top_k: Input should be greater than or equal to 1"),   # every value checked before any runs
+    (["--sweep", "temperature=1.5,2.5e"], "temperature values must be comma-separated numbers"),
+    (["--sweep", "clip=1,2"], "SETTING one of temperature, top-k"),
+])
+def test_sweep_flags_are_checked(tmp_path, capsys, flags, message):
+    try:
+        code = main(["eval", "--out", str(tmp_path), "--report-only", *flags])
+    except SystemExit as e:  # argparse's own type errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "settings.json").exists()

@@ -14,6 +14,7 @@ Pure functions of the per-value results dicts (results.json), apart from the plo
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from .report import CLASSIFIERS, GOAL_EPSILON, GOAL_RATIO, METRIC, _acc, _eps, _legend_below
@@ -189,7 +190,8 @@ def plot_sweep(results: dict, path: Path) -> None:
             ax.set_ylabel("balanced accuracy on real test")
             ax.set_title(f"{ds}: {label}", fontsize=10)
             ax.grid(alpha=0.3)
-    fig.suptitle(f"Accuracy against {flag(name)[2:]} \n{_others(results['settings'])}", fontsize=11)
+    wrap = textwrap.fill(_others(results["settings"]), width=int(11 * fig.get_figwidth()))
+    fig.suptitle(f"Accuracy against {flag(name)[2:]}\n{wrap}", fontsize=10)
     _legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)

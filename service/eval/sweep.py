@@ -23,6 +23,7 @@ from .report import CLASSIFIERS, GOAL_EPSILON, GOAL_RATIO, METRIC, _acc, _eps, _
 # or which split (seed: use --seeds).
 SWEEPABLE = ("temperature", "top_k", "partitions", "records", "max_tokens")
 GOAL_CELL = f"em-eps{GOAL_EPSILON:g}"
+FIDELITY = ("frechet", "distinct_1")
 
 
 def flag(name: str) -> str:
@@ -69,13 +70,16 @@ def table(name: str, by_value: dict[float, dict]) -> dict:
         for cell, row in cells.items():
             for key, _ in CLASSIFIERS:
                 row[key] = [_acc(p["cells"][cell][key]) if p and cell in p["cells"] else None for p in parts]
+            for key in FIDELITY:  # what accuracy alone hides: how close to real text, how varied
+                row[key] = [p["cells"][cell].get(key) if p and cell in p["cells"] else None for p in parts]
         goal = {}
         for key, _ in CLASSIFIERS:
             em, none = cells.get(GOAL_CELL, {}).get(key), cells.get("none-inf", {}).get(key)
             goal[key] = [a / b if a is not None and b else None for a, b in zip(em or [None] * len(values), none or [None] * len(values))]
         datasets[ds] = {
             "cells": dict(sorted(cells.items(), key=lambda kv: (_eps(kv[1]), kv[1]["mechanism"]))),
-            "real": {key: [_acc(p["real"][key]) if p else None for p in parts] for key, _ in CLASSIFIERS},
+            "real": {key: [_acc(p["real"][key]) if p else None for p in parts] for key, _ in CLASSIFIERS}
+                    | {key: [p["real"].get(key) if p else None for p in parts] for key in FIDELITY},
             "majority": [p["majority"][METRIC] if p else None for p in parts],
             "goal": goal,
         }
@@ -152,6 +156,10 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         g = d["goal"]
         out.append(f"| **em eps {GOAL_EPSILON:g} / no privacy** | "
                    + " | ".join(" / ".join("-" if x is None else f"{x:.1%}" for x in (a, b)) for a, b in zip(g["tfidf"], g["minilm"])) + " |")
+        out += ["", "Frechet distance to the real test part (lower is closer) / distinct-1 of the records:", "",
+                f"| training set | {head} |", "|---" * (len(values) + 1) + "|"]
+        for label, r in rows:
+            out.append(f"| {label} | " + " | ".join(two(a, b) for a, b in zip(r["frechet"], r["distinct_1"])) + " |")
         out.append("")
     out += ["## Verdicts", "", *[f"- {v}" for v in verdicts(results)], ""]
     out += [f"![{p}]({p})" for p in plots]

@@ -39,7 +39,8 @@ def test_value_folder_is_the_flag_and_the_value():
 
 
 def _cell(eps, mechanism: str, tfidf: float, minilm: float) -> dict:
-    return {"epsilon": eps, "mechanism": mechanism, "tfidf": {"balanced_accuracy": tfidf}, "minilm": {"balanced_accuracy": minilm}}
+    return {"epsilon": eps, "mechanism": mechanism, "tfidf": {"balanced_accuracy": tfidf}, "minilm": {"balanced_accuracy": minilm},
+            "frechet": round(1 - tfidf, 3), "distinct_1": round(minilm / 2, 3)}
 
 
 def _run(top_k: int, *cells: dict, real=(0.8, 0.9)) -> dict:
@@ -64,6 +65,7 @@ def test_every_cell_holds_its_score_at_every_value_in_value_order(swept):
     assert "top_k" not in swept["settings"]  # the swept setting is the column, not a setting
     assert d["cells"]["em-eps3"]["tfidf"] == [0.70, 0.60, 0.50]
     assert d["cells"]["amin-eps3"]["minilm"] == [0.60, 0.80, None]   # a missing cell is None, never a neighbour's
+    assert d["cells"]["em-eps3"]["frechet"] == [0.30, 0.40, 0.50] and d["cells"]["amin-eps3"]["distinct_1"] == [0.30, 0.40, None]
     assert d["goal"]["tfidf"][:2] == pytest.approx([0.875, 1.0]) and d["goal"]["tfidf"][2] is None
     assert d["goal"]["minilm"][:2] == pytest.approx([1.0, 0.95])
     assert list(d["cells"]) == ["amin-eps3", "em-eps3", "none-inf"]
@@ -86,6 +88,9 @@ def test_markdown_has_one_column_per_value_and_the_ratio_row(swept):
     assert "| em eps 3 | 0.700 / 0.700 | 0.600 / 0.760 | 0.500 / 0.600 |" in text
     assert "| amin eps 3 | 0.650 / 0.600 | 0.500 / 0.800 | - / - |" in text
     assert "| **em eps 3 / no privacy** | 87.5% / 100.0% | 100.0% / 95.0% | - / - |" in text
+    fidelity = text.split("Frechet distance")[1]
+    assert "| em eps 3 | 0.300 / 0.350 | 0.400 / 0.380 | 0.500 / 0.300 |" in fidelity
+    assert "| real (same rows) | 0.200 / 0.450 | 0.200 / 0.450 | 0.200 / 0.450 |" in fidelity
     assert "`top-k-16`" in text and "temperature 1" in text and "top-k 64" not in text.split("## d")[0]
 
 

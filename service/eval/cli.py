@@ -43,15 +43,17 @@ def _sweep(text: str) -> tuple[str, tuple[float, ...]]:
 def _command(a: argparse.Namespace, out: Path | None = None, **fields) -> str:
     """The command line that reproduces this run (for the report); with out (and fields), the
     plain run of one seed or one swept value of a --seeds or --sweep evaluation, into its folder."""
+    from .sweep import flag, spelled
+
     if out is not None:
         a = argparse.Namespace(**{**vars(a), **fields, "out": out, "seeds": None, "sweep": None})
     words = ["privtext", "eval", "--out", str(a.out)] + (["--fast"] if a.fast else [])
     for k in (*_FLAGS, "seeds"):
         v = getattr(a, k)
         if v is not None:
-            words += ["--" + k.replace("_", "-"), ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)]
+            words += [flag(k), ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)]
     if a.sweep is not None:
-        words += ["--sweep", f"{a.sweep[0].replace('_', '-')}=" + ",".join(f"{x:g}" for x in a.sweep[1])]
+        words += ["--sweep", f"{spelled(a.sweep[0])}=" + ",".join(f"{x:g}" for x in a.sweep[1])]
     return shlex.join(words)
 
 
@@ -124,7 +126,7 @@ def _run_sweep(a: argparse.Namespace, settings, out: Path, command: str, say) ->
     by_value = {}
     for i, v in enumerate(values):
         folder = sweep.value_folder(out, name, v)
-        say(f"{sweep.flag(name)[2:]} {v:g} ({i + 1} of {len(values)}): {folder}")
+        say(f"{sweep.spelled(name)} {v:g} ({i + 1} of {len(values)}): {folder}")
         by_value[v] = run_eval(each[v], folder, say=say, bar=sys.stderr.isatty(), generate=not a.report_only)
         write_report(by_value[v], folder, _command(a, folder, **{name: v}))
     results = sweep.table(name, by_value)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 CLASSIFIERS = (("tfidf", "TF-IDF + LR"), ("minilm", "MiniLM + LR"))
 METRIC = "balanced_accuracy"  # the headline (scores.accuracy says why)
+COLOURS = {"em": "C0", "amin": "C1", "gaussian": "C2", "none": "black"}  # one colour per mechanism across the seeds and sweep plots
 GOAL_EPSILON = 3.0
 GOAL_RATIO = 0.9  # the aim: at epsilon 3, >= 90% of the non-private pipeline's accuracy
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import CLASSIFIERS, METRIC
+from .report import CLASSIFIERS, COLOURS, METRIC
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -91,7 +91,6 @@ def plot_seeds(results: dict, path: Path) -> None:
 
     names = list(results["datasets"])
     fig, axes = plt.subplots(len(CLASSIFIERS), len(names), figsize=(4.2 * len(names), 3.6 * len(CLASSIFIERS)), squeeze=False)
-    colours = {"em": "C0", "amin": "C1", "gaussian": "C2", "none": "black"}
     for j, name in enumerate(names):
         d = results["datasets"][name]
         cells = sorted(d["cells"].values(), key=lambda c: (_eps(c), c["mechanism"]))
@@ -104,8 +103,8 @@ def plot_seeds(results: dict, path: Path) -> None:
                     continue
                 values = c[key]["per_seed"]
                 jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-                ax.scatter(x + np.asarray(jitter), values, s=16, color=colours[c["mechanism"]], alpha=0.7, zorder=3)
-                ax.hlines(c[key][METRIC], x - 0.3, x + 0.3, color=colours[c["mechanism"]], lw=2.5, zorder=2)
+                ax.scatter(x + np.asarray(jitter), values, s=16, color=COLOURS[c["mechanism"]], alpha=0.7, zorder=3)
+                ax.hlines(c[key][METRIC], x - 0.3, x + 0.3, color=COLOURS[c["mechanism"]], lw=2.5, zorder=2)
             if d["real"][key] is not None:
                 ax.axhline(d["real"][key][METRIC], color="green", ls="--", lw=1, label="real data (ceiling, mean)")
             ax.axhline(d["majority"][METRIC], color="grey", ls=":", lw=1, label="majority class (floor)")

@@ -17,7 +17,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from .report import CLASSIFIERS, GOAL_EPSILON, GOAL_RATIO, METRIC, _acc, _eps, _legend_below
+from .report import CLASSIFIERS, COLOURS, GOAL_EPSILON, GOAL_RATIO, METRIC, _acc, _eps, _legend_below
 
 # EvalSettings fields worth sweeping: they change what a cell holds, not which cells run (GRID)
 # or which split (seed: use --seeds).
@@ -26,8 +26,13 @@ GOAL_CELL = f"em-eps{GOAL_EPSILON:g}"
 FIDELITY = ("frechet", "distinct_1")
 
 
+def spelled(name: str) -> str:
+    """An EvalSettings field as its flag and folder spell it: top_k -> top-k."""
+    return name.replace("_", "-")
+
+
 def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--" + spelled(name)
 
 
 def parse(text: str) -> tuple[str, tuple[float, ...]]:
@@ -36,18 +41,25 @@ def parse(text: str) -> tuple[str, tuple[float, ...]]:
     name = name.strip().replace("-", "_")
     if not sep or name not in SWEEPABLE:
         raise ValueError(f"sweep: expected SETTING=V1,V2,... with SETTING one of "
-                         f"{', '.join(flag(s)[2:] for s in SWEEPABLE)}, got {text!r}")
+                         f"{', '.join(spelled(s) for s in SWEEPABLE)}, got {text!r}")
     try:
         values = tuple(sorted({float(v) for v in rest.split(",") if v.strip()}))
     except ValueError:
-        raise ValueError(f"sweep: {flag(name)[2:]} values must be comma-separated numbers, got {rest!r}") from None
+        raise ValueError(f"sweep: {spelled(name)} values must be comma-separated numbers, got {rest!r}") from None
     if len(values) < 2 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"sweep: give at least 2 distinct finite values of {flag(name)[2:]}, got {rest!r}")
+        raise ValueError(f"sweep: give at least 2 distinct finite values of {spelled(name)}, got {rest!r}")
     return name, values
 
 
 def value_folder(out: Path, name: str, value: float) -> Path:
-    return out / f"{flag(name)[2:]}-{value:g}"
+    return out / f"{spelled(name)}-{value:g}"
+
+
+def _per_value(found: list[dict | None]) -> dict:
+    """Each classifier's headline score, and the fidelity measures (what accuracy alone hides:
+    how close to real text, how varied), of one row at every value; None where it is missing."""
+    scores = {key: [_acc(c[key]) if c else None for c in found] for key, _ in CLASSIFIERS}
+    return scores | {key: [c.get(key) if c else None for c in found] for key in FIDELITY}
 
 
 def table(name: str, by_value: dict[float, dict]) -> dict:
@@ -68,23 +80,20 @@ def table(name: str, by_value: dict[float, dict]) -> dict:
             for cell, c in (p["cells"] if p else {}).items():
                 cells.setdefault(cell, {"mechanism": c["mechanism"], "epsilon": c["epsilon"]})
         for cell, row in cells.items():
-            for key, _ in CLASSIFIERS:
-                row[key] = [_acc(p["cells"][cell][key]) if p and cell in p["cells"] else None for p in parts]
-            for key in FIDELITY:  # what accuracy alone hides: how close to real text, how varied
-                row[key] = [p["cells"][cell].get(key) if p and cell in p["cells"] else None for p in parts]
+            found = [p["cells"].get(cell) if p else None for p in parts]  # None where that value lacks the cell
+            row |= _per_value(found)
         goal = {}
         for key, _ in CLASSIFIERS:
             em, none = cells.get(GOAL_CELL, {}).get(key), cells.get("none-inf", {}).get(key)
             goal[key] = [a / b if a is not None and b else None for a, b in zip(em or [None] * len(values), none or [None] * len(values))]
         datasets[ds] = {
             "cells": dict(sorted(cells.items(), key=lambda kv: (_eps(kv[1]), kv[1]["mechanism"]))),
-            "real": {key: [_acc(p["real"][key]) if p else None for p in parts] for key, _ in CLASSIFIERS}
-                    | {key: [p["real"].get(key) if p else None for p in parts] for key in FIDELITY},
+            "real": _per_value([p["real"] if p else None for p in parts]),
             "majority": [p["majority"][METRIC] if p else None for p in parts],
             "goal": goal,
         }
     if not datasets:
-        raise ValueError(f"sweep: no value of {flag(name)[2:]} has a finished cell yet; run without --report-only")
+        raise ValueError(f"sweep: no value of {spelled(name)} has a finished cell yet; run without --report-only")
     settings = {k: v for k, v in by_value[values[0]]["settings"].items() if k != name} | {"sweep": name, "values": values}
     return {"settings": settings, "datasets": datasets}
 
@@ -101,7 +110,7 @@ def verdicts(results: dict) -> list[str]:
     """Which value gave em its best score at the goal epsilon, em's goal ratio at each value, and at
     how many values em led the other mechanisms at each finite epsilon."""
     name, values = results["settings"]["sweep"], results["settings"]["values"]
-    at = lambda v: f"{flag(name)[2:]} {v:g}"  # noqa: E731
+    at = lambda v: f"{spelled(name)} {v:g}"  # noqa: E731
     lines = []
     for ds, d in results["datasets"].items():
         for key, label in CLASSIFIERS:
@@ -134,9 +143,9 @@ def _others(s: dict) -> str:
 def markdown(results: dict, command: str, plots: list[str]) -> str:
     s = results["settings"]
     name, values = s["sweep"], s["values"]
-    head = " | ".join(f"{flag(name)[2:]} {v:g}" for v in values)
+    head = " | ".join(f"{spelled(name)} {v:g}" for v in values)
     out = [
-        f"# privtext eval: a sweep of {flag(name)[2:]}",
+        f"# privtext eval: a sweep of {spelled(name)}",
         "",
         f"Command: `{command}`",
         "",
@@ -176,7 +185,6 @@ def plot_sweep(results: dict, path: Path) -> None:
     name, values = results["settings"]["sweep"], results["settings"]["values"]
     names = list(results["datasets"])
     fig, axes = plt.subplots(len(CLASSIFIERS), len(names), figsize=(max(4.2 * len(names), 6.0), 3.4 * len(CLASSIFIERS)), squeeze=False)
-    colours = {"em": "C0", "amin": "C1", "gaussian": "C2", "none": "black"}
     styles = ["o-", "s--", "^:", "d-."]
     xs = range(len(values))  # evenly spaced: the values may span orders of magnitude (top-k)
     for j, ds in enumerate(names):
@@ -188,18 +196,18 @@ def plot_sweep(results: dict, path: Path) -> None:
                 pts = [(x, y) for x, y in zip(xs, c[key]) if y is not None]
                 style = "x-" if c["mechanism"] == "none" else styles[finite.index(_eps(c)) % len(styles)]
                 who = "no privacy" if c["mechanism"] == "none" else f"{c['mechanism']} eps {_eps(c):g}"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colours[c["mechanism"]], label=who)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=COLOURS[c["mechanism"]], label=who)
             real = [(x, y) for x, y in zip(xs, d["real"][key]) if y is not None]
             ax.plot([p[0] for p in real], [p[1] for p in real], "--", color="green", lw=1, label="real data (ceiling)")
             floor = [(x, y) for x, y in zip(xs, d["majority"]) if y is not None]
             ax.plot([p[0] for p in floor], [p[1] for p in floor], ":", color="grey", lw=1, label="majority class (floor)")
             ax.set_xticks(list(xs), [f"{v:g}" for v in values])
-            ax.set_xlabel(flag(name)[2:])
+            ax.set_xlabel(spelled(name))
             ax.set_ylabel("balanced accuracy on real test")
             ax.set_title(f"{ds}: {label}", fontsize=10)
             ax.grid(alpha=0.3)
     wrap = textwrap.fill(_others(results["settings"]), width=int(11 * fig.get_figwidth()))
-    fig.suptitle(f"Accuracy against {flag(name)[2:]}\n{wrap}", fontsize=10)
+    fig.suptitle(f"Accuracy against {spelled(name)}\n{wrap}", fontsize=10)
     _legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)

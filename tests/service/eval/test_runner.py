@@ -15,6 +15,9 @@ pytest.importorskip("sklearn")
 
 TINY = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em", "gaussian"), records=4, max_tokens=6,
             train_rows=200, test_rows=60)
+# TINY on the command line, less its mechanisms (each CLI test names its own)
+TINY_FLAGS = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--records", "4", "--max-tokens", "6", "--train-rows", "200",
+              "--test-rows", "60"]
 
 
 @pytest.mark.parametrize(
@@ -130,8 +133,7 @@ def test_seeds_run_each_seed_into_its_own_folder_and_report_the_mean(tiny_run, t
     out, _ = tiny_run
     shutil.copytree(out, tmp_path / "seed-0")
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "seed-0" / "sms-spam").glob("*.jsonl")}
-    flags = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--mechanisms", "em", "--records", "4", "--max-tokens", "6",
-             "--train-rows", "200", "--test-rows", "60"]
+    flags = [*TINY_FLAGS, "--mechanisms", "em"]
     assert main(["eval", "--out", str(tmp_path), "--seeds", "1,0", *flags]) == 0
     printed = capsys.readouterr().out
     assert "em at epsilon 3 reaches" in printed and "of the non-private mean balanced accuracy" in printed and "per seed" in printed
@@ -150,27 +152,12 @@ def test_seeds_run_each_seed_into_its_own_folder_and_report_the_mean(tiny_run, t
         run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--seed", "0", "--seeds", "0,1"], "give --seed or --seeds, not both"),
-    (["--seeds", "3,3"], "at least 2 distinct seeds"),
-    (["--seeds", "0,x"], "expected comma-separated integers"),
-])
-def test_seeds_flags_are_checked(tmp_path, capsys, flags, message):
-    try:
-        code = main(["eval", "--out", str(tmp_path), "--report-only", *flags])
-    except SystemExit as e:  # argparse's own type errors
-        code = e.code
-    assert code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_sweep_runs_each_value_into_its_own_folder_and_reports_them_side_by_side(tiny_run, tmp_path, capsys):
     """--sweep: top-k 64 is the tiny run (resumed, nothing regenerated), top-k 16 is generated."""
     out, _ = tiny_run
     shutil.copytree(out, tmp_path / "top-k-64")
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "top-k-64" / "sms-spam").glob("*.jsonl")}
-    flags = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--mechanisms", "em,gaussian", "--records", "4", "--max-tokens", "6",
-             "--train-rows", "200", "--test-rows", "60"]
+    flags = [*TINY_FLAGS, "--mechanisms", "em,gaussian"]
     assert main(["eval", "--out", str(tmp_path), "--sweep", "top-k=64,16", *flags]) == 0
     printed = capsys.readouterr().out
     assert "sms-spam TF-IDF + LR: em at epsilon 3 scores best at top-k " in printed
@@ -190,13 +177,16 @@ def test_sweep_runs_each_value_into_its_own_folder_and_reports_them_side_by_side
 
 
 @pytest.mark.parametrize(("flags", "message"), [
+    (["--seed", "0", "--seeds", "0,1"], "give --seed or --seeds, not both"),
+    (["--seeds", "3,3"], "at least 2 distinct seeds"),
+    (["--seeds", "0,x"], "expected comma-separated integers"),
     (["--sweep", "top-k=16,64", "--seeds", "0,1"], "give --sweep or --seeds, not both"),
     (["--sweep", "top-k=16,64", "--top-k", "32"], "--top-k is the swept setting; give its values in --sweep only"),
     (["--sweep", "top-k=0,16"], "top_k: Input should be greater than or equal to 1"),   # every value checked before any runs
     (["--sweep", "temperature=1.5,2.5e"], "temperature values must be comma-separated numbers"),
     (["--sweep", "clip=1,2"], "SETTING one of temperature, top-k"),
 ])
-def test_sweep_flags_are_checked(tmp_path, capsys, flags, message):
+def test_seeds_and_sweep_flags_are_checked(tmp_path, capsys, flags, message):
     try:
         code = main(["eval", "--out", str(tmp_path), "--report-only", *flags])
     except SystemExit as e:  # argparse's own type errors

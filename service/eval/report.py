@@ -11,7 +11,14 @@ from pathlib import Path
 
 CLASSIFIERS = (("tfidf", "TF-IDF + LR"), ("minilm", "MiniLM + LR"))
 METRIC = "balanced_accuracy"  # the headline (scores.accuracy says why)
-COLOURS = {"em": "C0", "amin": "C1", "gaussian": "C2", "none": "black"}  # one colour per mechanism across the seeds and sweep plots
+COLOURS = {"em": "C0", "amin": "C1", "gaussian": "C2", "none": "black"}  # one colour per mechanism across the eval plots
+STYLES = (("em", "o-"), ("amin", "s-"), ("gaussian", "^-"))
+# the reference lines every accuracy plot draws; "real" keeps clear of the mechanisms' colours (and bench's em+gate, C4)
+REFERENCE = {
+    "none": {"color": COLOURS["none"], "ls": "-.", "lw": 1},
+    "real": {"color": "C5", "ls": "--", "lw": 1},
+    "majority": {"color": "grey", "ls": ":", "lw": 1},
+}
 GOAL_EPSILON = 3.0
 GOAL_RATIO = 0.9  # the issue's aim: at epsilon 3, >= 90% of the non-private pipeline's accuracy
 
@@ -135,17 +142,17 @@ def plot_accuracy(results: dict, path: Path) -> None:
         finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
-            for mech, style in (("em", "o-"), ("amin", "s-"), ("gaussian", "^-")):
+            for mech, style in STYLES:
                 pts = sorted((_eps(c), _acc(c[key]), c[key].get("sd")) for c in cells if c["mechanism"] == mech and c[key] is not None)
                 if pts:
                     sd = [p[2] for p in pts] if all(p[2] is not None for p in pts) else None  # seeds: mean ± sd
-                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=sd, fmt=style, capsize=3, label=mech)
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=sd, fmt=style, color=COLOURS[mech], capsize=3, label=mech)
             ceiling = d["cells"].get("none-inf")
             if ceiling and ceiling[key] is not None:
-                ax.axhline(_acc(ceiling[key]), color="black", ls="-.", lw=1, label="no privacy (same pipeline)")
+                ax.axhline(_acc(ceiling[key]), **REFERENCE["none"], label="no privacy (same pipeline)")
             if d["real"][key] is not None:
-                ax.axhline(_acc(d["real"][key]), color="green", ls="--", lw=1, label="real data (ceiling)")
-            ax.axhline(d["majority"][METRIC], color="grey", ls=":", lw=1, label="majority class (floor)")
+                ax.axhline(_acc(d["real"][key]), **REFERENCE["real"], label="real data (ceiling)")
+            ax.axhline(d["majority"][METRIC], **REFERENCE["majority"], label="majority class (floor)")
             if len(finite) > 1:
                 ax.set_xscale("log")
             if finite:
@@ -172,14 +179,14 @@ def plot_frechet(results: dict, path: Path) -> None:
     for j, name in enumerate(names):
         d, ax = results["datasets"][name], axes[0][j]
         cells = list(d["cells"].values())
-        for mech, style in (("em", "o-"), ("amin", "s-"), ("gaussian", "^-")):
+        for mech, style in STYLES:
             pts = sorted((_eps(c), c["frechet"]) for c in cells if c["mechanism"] == mech and c["frechet"] is not None)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=mech)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=COLOURS[mech], label=mech)
         if (c := d["cells"].get("none-inf")) and c["frechet"] is not None:
-            ax.axhline(c["frechet"], color="black", ls="-.", lw=1, label="no privacy (same pipeline)")
+            ax.axhline(c["frechet"], **REFERENCE["none"], label="no privacy (same pipeline)")
         if d["real"]["frechet"] is not None:
-            ax.axhline(d["real"]["frechet"], color="green", ls="--", lw=1, label="real sample (same size)")
+            ax.axhline(d["real"]["frechet"], **REFERENCE["real"], label="real sample (same size)")
         finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
         if len(finite) > 1:
             ax.set_xscale("log")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import CLASSIFIERS, COLOURS, METRIC
+from .report import CLASSIFIERS, COLOURS, METRIC, REFERENCE
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -106,8 +106,8 @@ def plot_seeds(results: dict, path: Path) -> None:
                 ax.scatter(x + np.asarray(jitter), values, s=16, color=COLOURS[c["mechanism"]], alpha=0.7, zorder=3)
                 ax.hlines(c[key][METRIC], x - 0.3, x + 0.3, color=COLOURS[c["mechanism"]], lw=2.5, zorder=2)
             if d["real"][key] is not None:
-                ax.axhline(d["real"][key][METRIC], color="green", ls="--", lw=1, label="real data (ceiling, mean)")
-            ax.axhline(d["majority"][METRIC], color="grey", ls=":", lw=1, label="majority class (floor)")
+                ax.axhline(d["real"][key][METRIC], **REFERENCE["real"], label="real data (ceiling, mean)")
+            ax.axhline(d["majority"][METRIC], **REFERENCE["majority"], label="majority class (floor)")
             ax.set_xticks(range(len(cells)), ticks, fontsize=7)
             ax.set_xlim(-0.6, len(cells) - 0.4)
             ax.set_title(f"{name}: {label} ({len(d['seeds'])} seeds)", fontsize=10)

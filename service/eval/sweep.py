@@ -17,7 +17,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from .report import CLASSIFIERS, COLOURS, GOAL_EPSILON, GOAL_RATIO, METRIC, _acc, _eps, _legend_below
+from .report import CLASSIFIERS, COLOURS, GOAL_EPSILON, GOAL_RATIO, METRIC, REFERENCE, _acc, _eps, _legend_below
 
 # EvalSettings fields worth sweeping: they change what a cell holds, not which cells run (GRID)
 # or which split (seed: use --seeds).
@@ -198,9 +198,9 @@ def plot_sweep(results: dict, path: Path) -> None:
                 who = "no privacy" if c["mechanism"] == "none" else f"{c['mechanism']} eps {_eps(c):g}"
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=COLOURS[c["mechanism"]], label=who)
             real = [(x, y) for x, y in zip(xs, d["real"][key]) if y is not None]
-            ax.plot([p[0] for p in real], [p[1] for p in real], "--", color="green", lw=1, label="real data (ceiling)")
+            ax.plot([p[0] for p in real], [p[1] for p in real], **REFERENCE["real"], label="real data (ceiling)")
             floor = [(x, y) for x, y in zip(xs, d["majority"]) if y is not None]
-            ax.plot([p[0] for p in floor], [p[1] for p in floor], ":", color="grey", lw=1, label="majority class (floor)")
+            ax.plot([p[0] for p in floor], [p[1] for p in floor], **REFERENCE["majority"], label="majority class (floor)")
             ax.set_xticks(list(xs), [f"{v:g}" for v in values])
             ax.set_xlabel(spelled(name))
             ax.set_ylabel("balanced accuracy on real test")

@@ -28,7 +28,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-_FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "train_rows", "test_rows", "seed")
+_FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "template", "train_rows", "test_rows", "seed")
 
 
 def _sweep(text: str) -> tuple[str, tuple[float, ...]]:
@@ -151,6 +151,9 @@ def add_parser(sub) -> None:
     p.add_argument("--partitions", type=int, default=None, help="N, rows per group (default: 8)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="public candidate set size (default: 64)")
+    p.add_argument("--template", default=None,
+                   help="prompt template for every dataset: a packaged name (default, sms-spam, trec, rotten-tomatoes) or a TOML file "
+                        "(default: each dataset's own)")
     p.add_argument("--train-rows", type=int, default=None, help="cap on private train rows (default: the whole 80%% split)")
     p.add_argument("--test-rows", type=int, default=None, help="cap on held-out test rows (default: 500)")
     p.add_argument("--seed", type=int, default=None, help="split, groups and mechanism randomness (default: 0)")

@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..data.packaged import load, split
+from ..generation.prompts import PACKAGED, Template
 from . import scores
 
 
@@ -63,6 +64,7 @@ class EvalSettings(BaseModel):
     partitions: int = Field(default=8, ge=1, le=1024)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_k: int = Field(default=64, ge=1)
+    template: str | None = None  # None: each dataset's own (SETUPS); else a packaged name or a TOML path, for every dataset
     train_rows: int | None = Field(default=None, ge=16)  # None: the whole train part
     test_rows: int = Field(default=500, ge=10)
     delta: float = Field(default=1e-5, gt=0, lt=1)
@@ -83,6 +85,16 @@ class EvalSettings(BaseModel):
             raise ValueError(f"mechanisms must be a non-empty subset of {list(MECHANISMS)}, got {list(v)}")
         return v
 
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v):
+        if v is not None:
+            try:
+                Template.load(v)  # fail at the flags, not after the first cells have run
+            except OSError as e:
+                raise ValueError(f"template {v!r} is neither a packaged template {list(PACKAGED)} nor a readable file ({e.strerror})") from None
+        return v
+
     @field_validator("epsilons")
     @classmethod
     def _epsilons(cls, v):
@@ -99,6 +111,11 @@ class EvalSettings(BaseModel):
 
 
 FAST = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em",), records=16, max_tokens=12, test_rows=200, train_rows=600)
+
+
+def template_for(name: str, s: EvalSettings) -> str:
+    """The template a dataset's cells are generated with: --template for all, else the dataset's own."""
+    return s.template or SETUPS[name].template
 
 
 def cell_name(epsilon: float, mechanism: str) -> str:
@@ -160,7 +177,7 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
         # depend on it); the non-private selector then ignores the calibration.
         epsilon=10.0 if private else epsilon, delta=s.delta,
         mechanism="em" if private else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
-        template=setup.template, seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
+        template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
     )
     selector_for = (lambda p, rng: NonPrivateSelector(p.config, rng)) if private else None
     return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
@@ -258,6 +275,7 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
                 "pii_touched_fraction": report["pii"]["records_touched"] / max(report["records"] + report["pii"]["records_dropped"], 1),
                 "planned_epsilon": None if math.isinf(epsilon) else report["epsilon"],
                 "rounds": report["rounds"],
+                "template": template_for(name, s),
                 "seconds": time.time() - t0,
             }
             tmp = done.with_suffix(".tmp")

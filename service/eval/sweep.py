@@ -136,8 +136,9 @@ def verdicts(results: dict) -> list[str]:
 
 def _others(s: dict) -> str:
     shown = {"records": "records", "partitions": "N", "temperature": "temperature", "top_k": "top-k",
-             "max_tokens": "max tokens", "seed": "seed", "delta": "delta"}
-    return ", ".join(f"{label} {'per dataset' if s[k] is None else f'{s[k]:g}'}" for k, label in shown.items() if k in s)
+             "max_tokens": "max tokens", "template": "template", "seed": "seed", "delta": "delta"}
+    return ", ".join(f"{label} {'per dataset' if s.get(k) is None else s[k] if isinstance(s[k], str) else f'{s[k]:g}'}"
+                     for k, label in shown.items() if k != s.get("sweep"))  # no template key: a run from before --template
 
 
 def markdown(results: dict, command: str, plots: list[str]) -> str:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from service.cli import main
-from service.eval.runner import EvalSettings, balanced_counts, cell_name, dataset_split, run_eval
+from service.eval.runner import EvalSettings, balanced_counts, cell_name, dataset_split, run_eval, template_for
 
 pytest.importorskip("sklearn")
 
@@ -28,6 +28,7 @@ TINY_FLAGS = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--records", "4",
         ("epsilons", (0.0, 3.0), "epsilons must be > 0"),
         ("records", 2, "greater than or equal to 4"),
         ("test_rows", 5, "greater than or equal to 10"),
+        ("template", "no-such-template.toml", "neither a packaged template"),
     ],
 )
 def test_settings_name_the_bad_field(field, value, message):
@@ -40,6 +41,15 @@ def test_cells_run_infinity_once():
     s = EvalSettings(epsilons=(10, 1, math.inf, 3), mechanisms=("em", "amin"))
     assert s.cells() == [(1, "em"), (1, "amin"), (3, "em"), (3, "amin"), (10, "em"), (10, "amin"), (math.inf, "none")]
     assert [cell_name(*c) for c in s.cells()][-2:] == ["amin-eps10", "none-inf"]
+
+
+def test_each_dataset_keeps_its_own_template_unless_one_is_given(tmp_path):
+    assert [template_for(d, EvalSettings()) for d in ("sms-spam", "trec")] == ["sms-spam", "trec"]
+    assert [template_for(d, EvalSettings(template="default")) for d in ("sms-spam", "trec")] == ["default", "default"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "texts"\n')  # a file, but not a template: named at the flags, before any cell runs
+    with pytest.raises(ValueError, match="must define kind_label"):
+        EvalSettings(template=str(bad))
 
 
 def test_split_is_seeded_disjoint_and_capped():
@@ -174,6 +184,20 @@ def test_sweep_runs_each_value_into_its_own_folder_and_reports_them_side_by_side
     # the folder now holds a sweep of top-k: a sweep of another setting into it is refused
     assert main(["eval", "--out", str(tmp_path), "--sweep", "temperature=0.5,1", "--report-only", *flags]) == 2
     assert "other settings (sweep, temperature, top_k differ" in capsys.readouterr().err
+
+
+def test_template_flag_reaches_generation_and_the_report(tiny_run, tmp_path, capsys):
+    """--template default: the cell is generated with it (its scores say so), the report and the
+    reproducing command name it, and a folder made with the datasets' own templates is refused."""
+    out, _ = tiny_run
+    flags = [*TINY_FLAGS, "--epsilons", "3", "--mechanisms", "em", "--template", "default"]
+    assert main(["eval", "--out", str(tmp_path), *flags]) == 0
+    assert json.loads((tmp_path / "sms-spam" / "em-eps3.json").read_text())["template"] == "default"
+    report = (tmp_path / "report.md").read_text()
+    assert "template default;" in report and "--template default" in report
+    assert main(["eval", "--out", str(out), *flags, "--report-only"]) == 2
+    assert "other settings (template differ" in capsys.readouterr().err
+    assert json.loads((out / "sms-spam" / "em-eps3.json").read_text())["template"] == "sms-spam"
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -99,9 +99,7 @@ def test_rerun_resumes_and_refuses_other_settings(tiny_run, engine):
 
 def test_report_and_plots(tiny_run, capsys):
     out, _ = tiny_run
-    flags = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--mechanisms", "em,gaussian", "--records", "4", "--max-tokens", "6",
-             "--train-rows", "200", "--test-rows", "60"]
-    assert main(["eval", "--out", str(out), "--report-only", *flags]) == 0
+    assert main(["eval", "--out", str(out), "--report-only", *TINY_FLAGS, "--mechanisms", "em,gaussian"]) == 0
     printed = capsys.readouterr().out
     assert "em at epsilon 3 reaches" in printed and ("PASS" in printed or "FAIL" in printed)
     report = (out / "report.md").read_text()

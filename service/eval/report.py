@@ -153,10 +153,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
             if d["real"][key] is not None:
                 ax.axhline(_acc(d["real"][key]), **REFERENCE["real"], label="real data (ceiling)")
             ax.axhline(d["majority"][METRIC], **REFERENCE["majority"], label="majority class (floor)")
-            if len(finite) > 1:
-                ax.set_xscale("log")
-            if finite:
-                ax.set_xticks(finite, [f"{e:g}" for e in finite])
+            _epsilon_axis(ax, finite)
             ax.set_title(f"{name}: {label}", fontsize=10)
             ax.set_xlabel("epsilon")
             ax.set_ylabel("balanced accuracy on real test")
@@ -188,10 +185,7 @@ def plot_frechet(results: dict, path: Path) -> None:
         if d["real"]["frechet"] is not None:
             ax.axhline(d["real"]["frechet"], **REFERENCE["real"], label="real sample (same size)")
         finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
-        if len(finite) > 1:
-            ax.set_xscale("log")
-        if finite:
-            ax.set_xticks(finite, [f"{e:g}" for e in finite])
+        _epsilon_axis(ax, finite)
         ax.set_title(f"{name} (lower = closer)", fontsize=10)
         ax.set_xlabel("epsilon")
         ax.set_ylabel("Frechet distance to real test")
@@ -199,6 +193,18 @@ def plot_frechet(results: dict, path: Path) -> None:
     _legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _epsilon_axis(ax, finite: list[float]) -> None:
+    """A log epsilon axis labelled at the run's epsilons only (matplotlib would also label minor
+    ticks, "2 x 10^0", when the run's epsilons span less than a decade)."""
+    from matplotlib.ticker import NullFormatter
+
+    if len(finite) > 1:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if finite:
+        ax.set_xticks(finite, [f"{e:g}" for e in finite])
 
 
 def _legend_below(fig, ax) -> None:

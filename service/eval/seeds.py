@@ -90,7 +90,9 @@ def plot_seeds(results: dict, path: Path) -> None:
     from .report import _eps, _legend_below
 
     names = list(results["datasets"])
-    fig, axes = plt.subplots(len(CLASSIFIERS), len(names), figsize=(4.2 * len(names), 3.6 * len(CLASSIFIERS)), squeeze=False)
+    most = max(len(d["cells"]) for d in results["datasets"].values())
+    width = max(4.2, 0.55 * most)  # room for every cell's two-line tick label
+    fig, axes = plt.subplots(len(CLASSIFIERS), len(names), figsize=(width * len(names), 3.6 * len(CLASSIFIERS)), squeeze=False)
     for j, name in enumerate(names):
         d = results["datasets"][name]
         cells = sorted(d["cells"].values(), key=lambda c: (_eps(c), c["mechanism"]))

@@ -47,3 +47,22 @@ def test_no_goal_verdict_without_the_non_private_cell():
     lines = verdicts(_results(_cell(3.0, "em", 0.6, 0.6), _cell(3.0, "amin", 0.5, 0.5)))
     assert not any("reaches" in ln for ln in lines)
     assert len(lines) == 2  # the best-mechanism verdict for each classifier
+
+
+@pytest.mark.parametrize("epsilons", [[1.0, 3.0], [1.0, 3.0, 10.0], [0.5, 2.0]])
+def test_the_epsilon_axis_labels_the_runs_epsilons_and_nothing_between(epsilons):
+    """A log axis spanning less than a decade labels its minor ticks ("2 x 10^0") by default."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from service.eval.report import _epsilon_axis
+
+    fig, ax = plt.subplots()
+    ax.plot(epsilons, [0.5] * len(epsilons))
+    _epsilon_axis(ax, epsilons)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text()]
+    plt.close(fig)
+    assert shown == [f"{e:g}" for e in epsilons]

@@ -27,6 +27,11 @@ def _eps(cell: dict) -> float:
     return math.inf if cell["epsilon"] == "inf" else float(cell["epsilon"])
 
 
+def _finite_epsilons(cells) -> list[float]:
+    """The private epsilons among these cells, ascending (the no-privacy cell left out)."""
+    return sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
+
+
 def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -72,7 +77,7 @@ def verdicts(results: dict) -> list[str]:
                 mean = "mean " if per_seed else ""
                 lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.1%} of the non-private {mean}balanced accuracy "
                              f"({_acc(at_goal[key]):.3f} / {_acc(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%}{per_seed})")
-            for eps in sorted({_eps(c) for c in cells.values() if not math.isinf(_eps(c))}):
+            for eps in _finite_epsilons(cells.values()):
                 scored = {c["mechanism"]: c[key] for c in cells.values() if _eps(c) == eps and c[key] is not None}
                 row = {m: _acc(v) for m, v in scored.items()}
                 if len(row) > 1:
@@ -139,7 +144,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
     for j, name in enumerate(names):
         d = results["datasets"][name]
         cells = list(d["cells"].values())
-        finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
+        finite = _finite_epsilons(cells)
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
             for mech, style in STYLES:
@@ -184,7 +189,7 @@ def plot_frechet(results: dict, path: Path) -> None:
             ax.axhline(c["frechet"], **REFERENCE["none"], label="no privacy (same pipeline)")
         if d["real"]["frechet"] is not None:
             ax.axhline(d["real"]["frechet"], **REFERENCE["real"], label="real sample (same size)")
-        finite = sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
+        finite = _finite_epsilons(cells)
         _epsilon_axis(ax, finite)
         ax.set_title(f"{name} (lower = closer)", fontsize=10)
         ax.set_xlabel("epsilon")

@@ -17,7 +17,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from .report import CLASSIFIERS, COLOURS, GOAL_EPSILON, GOAL_RATIO, METRIC, REFERENCE, _acc, _eps, _legend_below
+from .report import CLASSIFIERS, COLOURS, GOAL_EPSILON, GOAL_RATIO, METRIC, REFERENCE, _acc, _eps, _finite_epsilons, _legend_below
 
 # EvalSettings fields worth sweeping: they change what a cell holds, not which cells run (GRID)
 # or which split (seed: use --seeds).
@@ -124,7 +124,7 @@ def verdicts(results: dict) -> list[str]:
                 lines.append(f"{ds} {label}: em at epsilon {GOAL_EPSILON:g} / no privacy at the same value: "
                              + ", ".join(f"{v:g}: {r:.1%}" for v, r in ratios)
                              + f"; the {GOAL_RATIO:.0%} aim is met at {len(met)} of {len(ratios)} values")
-            for eps in sorted({_eps(c) for c in d["cells"].values() if not math.isinf(_eps(c))}):
+            for eps in _finite_epsilons(d["cells"].values()):
                 row = {c["mechanism"]: c[key] for c in d["cells"].values() if _eps(c) == eps}
                 if "em" not in row or len(row) < 2:
                     continue
@@ -190,7 +190,7 @@ def plot_sweep(results: dict, path: Path) -> None:
     xs = range(len(values))  # evenly spaced: the values may span orders of magnitude (top-k)
     for j, ds in enumerate(names):
         d = results["datasets"][ds]
-        finite = sorted({_eps(c) for c in d["cells"].values() if not math.isinf(_eps(c))})
+        finite = _finite_epsilons(d["cells"].values())
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
             for c in d["cells"].values():

@@ -73,6 +73,10 @@ class DecodingConfig:
         (gaussian); the default layout's L2 sensitivity is 1, so sigma is also the multiplier.
     top_k: size of the candidate set, chosen from the public row's logits only (None: whole
         vocabulary). em widens it to top-k+ (every token within 2C of the public k-th logit).
+    top_k_plus: em only. True: the top-k+ widening above (InvisibleInk); False: em samples over
+        the public top-k itself, as amin and gaussian do. Either set is public and costs the same;
+        the widening grows with C (hundreds of tokens at C ~ 1, thousands at C ~ 3), which adds
+        the public row's tail to every step (docs/eval/candidates).
     units_per_row: 1 (default layout, one unit per row) or k > 1 (few-shot layout: up to k
         units in each of N fixed slots; a removed unit changes a row, so sensitivity doubles).
     gate: optional public-token gate.
@@ -84,6 +88,7 @@ class DecodingConfig:
     clip: float = 1.0
     noise_multiplier: float = 5.0
     top_k: int | None = 64
+    top_k_plus: bool = True
     units_per_row: int = 1
     gate: GateConfig | None = None
 
@@ -95,6 +100,7 @@ class DecodingConfig:
         _finite_positive(self.noise_multiplier, "noise_multiplier")
         if self.top_k is not None:
             _int_at_least(self.top_k, 1, "top_k")
+        require(isinstance(self.top_k_plus, bool), "top_k_plus", "True or False", self.top_k_plus)
         _int_at_least(self.units_per_row, 1, "units_per_row")
         require(self.gate is None or isinstance(self.gate, GateConfig), "gate", "a GateConfig or None", self.gate)
 

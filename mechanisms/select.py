@@ -67,16 +67,17 @@ def candidate_sets(public_logits: np.ndarray, cfg: DecodingConfig) -> tuple[np.n
     Computed from the public row alone, so the set is public: a truncation chosen on private
     logits would give epsilon = infinity (a token's probability can drop to 0 under a neighbour).
     - top_k None or >= vocab: the whole vocabulary.
-    - em: top-k+ (InvisibleInk): every token whose public logit is within 2C of the public k-th
-      largest; a token further down cannot overtake the k-th after clipping to +-C.
-    - amin, gaussian: the public top-k.
+    - em with top_k_plus (the default): top-k+ (InvisibleInk), every token whose public logit is
+      within 2C of the public k-th largest; a token further down cannot overtake the k-th after
+      clipping to +-C.
+    - amin, gaussian, and em without top_k_plus: the public top-k.
     """
     g, v = public_logits.shape
     k = cfg.top_k
     if k is None or k >= v:
         ids = np.broadcast_to(np.arange(v), (g, v))
         return ids, np.ones((g, v), dtype=bool)
-    if cfg.mechanism != "em":
+    if cfg.mechanism != "em" or not cfg.top_k_plus:
         ids = np.argpartition(-public_logits, k - 1, axis=1)[:, :k]
         return np.sort(ids, axis=1), np.ones((g, k), dtype=bool)
     kth = np.partition(public_logits, v - k, axis=1)[:, v - k]

@@ -16,6 +16,9 @@ def _add_mechanism_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, default=8, help="N, rows per group the average divides by (default: 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default: 1.0)")
     p.add_argument("--top-k", type=int, default=64, help="public candidate set size; 0 = whole vocabulary (default: 64)")
+    p.add_argument("--top-k-plus", action=argparse.BooleanOptionalAction, default=True,
+                   help="em: widen the public top-k to every token within 2C of its k-th logit (top-k+); "
+                        "--no-top-k-plus keeps the public top-k (default: top-k+)")
     p.add_argument("--units-per-row", type=int, default=1, help="1 = one unit per row; k > 1 = few-shot layout, doubled sensitivity")
     p.add_argument("--gate-threshold", type=float, default=None, help="enable the public-token gate with this TV-distance threshold")
     p.add_argument("--gate-epsilon", type=float, default=0.5, help="pure epsilon per above-threshold answer (default: 0.5)")
@@ -93,7 +96,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
             input=a.input, text_field=a.text_field, label_field=a.label_field, unit_field=a.unit_field,
             records=a.records, max_tokens=a.max_tokens, epsilon=a.epsilon, delta=a.delta,
             mechanism=a.mechanism, partitions=a.partitions, temperature=a.temperature, top_k=a.top_k or None,
-            clip=a.clip, noise_multiplier=a.noise_multiplier, units_per_row=a.units_per_row,
+            top_k_plus=a.top_k_plus, clip=a.clip, noise_multiplier=a.noise_multiplier, units_per_row=a.units_per_row,
             gate_threshold=a.gate_threshold, gate_epsilon=a.gate_epsilon, gate_max_private=a.gate_max_private,
             public_count=a.public_count, labels=tuple(a.labels.split(",")) if a.labels else None,
             label_counts=_key_counts(a.label_counts), count_noise=a.count_noise,

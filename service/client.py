@@ -86,7 +86,7 @@ def build_generate_request(ns: argparse.Namespace) -> generation_pb2.GenerateReq
         req.labels.extend(labels)
     if ns.seed is not None:
         req.seed = ns.seed
-    for field in ("partitions", "temperature", "top_k", "units_per_row"):
+    for field in ("partitions", "temperature", "top_k", "top_k_plus", "units_per_row"):
         if getattr(ns, field) is not None:
             setattr(req.settings, field, getattr(ns, field))
     for field in ("threshold", "epsilon", "max_private"):
@@ -357,6 +357,8 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     for flag, kind in (("--partitions", int), ("--temperature", float), ("--top-k", int), ("--units-per-row", int),
                        ("--gate-threshold", float), ("--gate-epsilon", float), ("--gate-max-private", int), ("--seed", int)):
         p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--top-k-plus", action=argparse.BooleanOptionalAction, default=None,
+                   help="em: widen the public top-k to top-k+ (server default) or not (--no-top-k-plus)")
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--label-counts", default=None, help="public records per label, e.g. spam=2,ham=3")
     labels.add_argument("--labels", default=None, help="labels, comma-separated; records split by a DP histogram")

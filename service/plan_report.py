@@ -24,7 +24,7 @@ def plan_table(p: Plan) -> str:
     else:
         rows.append(("clip (C)", f"{cfg.clip:.4g}"))
     rows += [
-        ("top-k (public candidates)", "whole vocabulary" if cfg.top_k is None else f"{cfg.top_k}{'+ (within 2C of the k-th)' if cfg.mechanism == 'em' else ''}"),
+        ("top-k (public candidates)", "whole vocabulary" if cfg.top_k is None else f"{cfg.top_k}{'+ (within 2C of the k-th)' if cfg.mechanism == 'em' and cfg.top_k_plus else ''}"),
         ("sensitivity", f"{sensitivity(cfg):.4g} ({'per coordinate' if cfg.mechanism != 'gaussian' else 'L2'})"),
     ]
     if cfg.gate is not None:

@@ -59,7 +59,7 @@ def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[s
         raise _invalid("pii_policy", f"unknown value {m.pii_policy}")
     st = m.settings
     fields: dict = {}
-    for name, key in (("partitions", "partitions"), ("temperature", "temperature"), ("units_per_row", "units_per_row")):
+    for name, key in (("partitions", "partitions"), ("temperature", "temperature"), ("units_per_row", "units_per_row"), ("top_k_plus", "top_k_plus")):
         if st.HasField(name):
             fields[key] = getattr(st, name)
     if st.HasField("top_k"):

@@ -126,15 +126,21 @@ def log_ratio_bounds(counts_a, counts_b, n: int, alpha: float = ALPHA) -> tuple[
     each = alpha / (2 * counts_a.size)
     lo_a, hi_a = cp_interval(counts_a, n, each)
     lo_b, hi_b = cp_interval(counts_b, n, each)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         lcb = np.maximum(np.log(lo_a) - np.log(hi_b), np.log(lo_b) - np.log(hi_a))
         point = np.abs(np.log(counts_a) - np.log(counts_b))
-    return float(max(0.0, lcb.max())), float(point.max())
+    seen = (counts_a + counts_b) > 0  # an outcome drawn under neither (outside the candidates) says nothing
+    return float(max(0.0, lcb.max())), float(point[seen].max()) if seen.any() else 0.0
 
 
 def fits(counts, probs, n: int) -> float:
-    """Chi-square goodness-of-fit p-value of counts against exact probabilities."""
-    return float(stats.chisquare(counts, n * np.asarray(probs) / np.sum(probs)).pvalue)
+    """Chi-square goodness-of-fit p-value of counts against exact probabilities; 0 when an
+    outcome of probability 0 (outside the candidate set) was drawn."""
+    counts, probs = np.asarray(counts), np.asarray(probs, dtype=float)
+    possible = probs > 0
+    if counts[~possible].any():
+        return 0.0
+    return float(stats.chisquare(counts[possible], n * probs[possible] / probs.sum()).pvalue)
 
 
 def softmax(x) -> np.ndarray:
@@ -211,10 +217,12 @@ class Case:
     background: tuple  # rows present in both D and D'
     top_k: int | None
     seed: int
+    top_k_plus: bool = True
 
     @property
     def cfg(self) -> DecodingConfig:
-        return DecodingConfig(mechanism=self.mechanism, partitions=self.partitions, temperature=self.tau, clip=self.clip, top_k=self.top_k)
+        return DecodingConfig(mechanism=self.mechanism, partitions=self.partitions, temperature=self.tau, clip=self.clip, top_k=self.top_k,
+                              top_k_plus=self.top_k_plus)
 
     @property
     def eps0(self) -> float:
@@ -239,13 +247,19 @@ class Case:
 
 
 def exact(case: Case, rows: np.ndarray, divisor: float) -> np.ndarray:
-    """The docstring formulas of aggregate_em / aggregate_amin, whole vocabulary as candidates."""
+    """The docstring formulas of aggregate_em / aggregate_amin, sampled over the candidate set
+    that candidate_sets' docstring states (written out here again, independently)."""
     c, zp = case.clip, np.asarray(case.public, dtype=float)
     if case.mechanism == "em":
         s = zp + np.clip(rows - zp, -c, c).sum(axis=0) / divisor
     else:
         s = np.clip(rows - rows.max(axis=1, keepdims=True) + c, -c, c).sum(axis=0) / divisor if len(rows) else np.zeros(case.v)
-    return softmax(s / case.tau)
+    keep = np.ones(case.v, dtype=bool)
+    if case.top_k is not None and case.top_k < case.v:
+        kth = np.sort(zp)[-case.top_k]
+        keep = zp >= (kth - 2 * c if case.mechanism == "em" and case.top_k_plus else kth)
+    p = np.where(keep, softmax(np.where(keep, s / case.tau, -np.inf)), 0.0)
+    return p
 
 
 def amin_background(c: float, v: int, n: int) -> tuple:

@@ -28,7 +28,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-_FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "template", "train_rows", "test_rows", "seed")
+_FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "top_k_plus", "template", "train_rows", "test_rows", "seed")
 
 
 def _sweep(text: str) -> tuple[str, tuple[float, ...]]:
@@ -50,7 +50,9 @@ def _command(a: argparse.Namespace, out: Path | None = None, **fields) -> str:
     words = ["privtext", "eval", "--out", str(a.out)] + (["--fast"] if a.fast else [])
     for k in (*_FLAGS, "seeds"):
         v = getattr(a, k)
-        if v is not None:
+        if isinstance(v, bool):
+            words += [flag(k) if v else f"--no-{spelled(k)}"]
+        elif v is not None:
             words += [flag(k), ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)]
     if a.sweep is not None:
         words += ["--sweep", f"{spelled(a.sweep[0])}=" + ",".join(f"{x:g}" for x in a.sweep[1])]
@@ -151,6 +153,8 @@ def add_parser(sub) -> None:
     p.add_argument("--partitions", type=int, default=None, help="N, rows per group (default: 8)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="public candidate set size (default: 64)")
+    p.add_argument("--top-k-plus", action=argparse.BooleanOptionalAction, default=None,
+                   help="em: widen the public top-k to top-k+ (default) or keep the public top-k (--no-top-k-plus)")
     p.add_argument("--template", default=None,
                    help="prompt template for every dataset: a packaged name (default, sms-spam, trec, rotten-tomatoes) or a TOML file "
                         "(default: each dataset's own)")

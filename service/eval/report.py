@@ -102,7 +102,7 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         f"Command: `{command}`",
         "",
         f"Settings: {s['records']} synthetic records per cell, N = {s['partitions']}, temperature {s['temperature']:g}, "
-        f"top-k {s['top_k']}, delta {s['delta']:g}, {seeding}, max tokens "
+        f"top-k {s['top_k']}{'' if s.get('top_k_plus', True) else ' (em: the public top-k, not top-k+)'}, delta {s['delta']:g}, {seeding}, max tokens "
         f"{s['max_tokens'] if s['max_tokens'] else 'per dataset'}, template {s.get('template') or 'per dataset'}; classifiers trained on each training set and "
         "scored on the real held-out test part. Balanced accuracy (mean recall per label) is the headline"
         f"{'' if seeds else ', plain accuracy in brackets'}: the synthetic sets are label-balanced by request, the real test parts are not. `real` = the same classifiers trained on as many real train rows "

@@ -64,6 +64,7 @@ class EvalSettings(BaseModel):
     partitions: int = Field(default=8, ge=1, le=1024)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_k: int = Field(default=64, ge=1)
+    top_k_plus: bool = True  # em: top-k+ (True) or the public top-k (False); see DecodingConfig
     template: str | None = None  # None: each dataset's own (SETUPS); else a packaged name or a TOML path, for every dataset
     train_rows: int | None = Field(default=None, ge=16)  # None: the whole train part
     test_rows: int = Field(default=500, ge=10)
@@ -177,7 +178,7 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
         # depend on it); the non-private selector then ignores the calibration.
         epsilon=10.0 if private else epsilon, delta=s.delta,
         mechanism="em" if private else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
-        template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
+        top_k_plus=s.top_k_plus, template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
     )
     selector_for = (lambda p, rng: NonPrivateSelector(p.config, rng)) if private else None
     return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
@@ -208,11 +209,14 @@ def claim_folder(out: Path, wanted: dict, grid: tuple[str, ...] = GRID) -> None:
     """Record `wanted` in out/settings.json, refusing a folder that holds other settings.
 
     The grid fields may grow or shrink between runs (each cell is generated on its own);
-    everything else decides what a cell holds, so it must match."""
+    everything else decides what a cell holds, so it must match. A setting the folder's file
+    lacks was added to EvalSettings after that run, which therefore ran at its default."""
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
     if settings_file.exists():
         held = json.loads(settings_file.read_text())
+        defaults = json.loads(EvalSettings().model_dump_json())
+        held = {k: defaults[k] for k in wanted.keys() - held.keys() if k in defaults} | held
         differ = sorted(k for k in wanted.keys() | held.keys() if k not in grid and held.get(k) != wanted.get(k))
         if differ:
             raise ValueError(f"out: {out} holds an evaluation with other settings ({', '.join(differ)} differ, see {settings_file}); "

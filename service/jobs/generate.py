@@ -32,13 +32,13 @@ from .records import OutRecord, RecordFilter
 
 
 MECHANISM_FIELDS = (
-    "mechanism", "partitions", "temperature", "top_k", "units_per_row", "gate_threshold", "gate_epsilon",
+    "mechanism", "partitions", "temperature", "top_k", "top_k_plus", "units_per_row", "gate_threshold", "gate_epsilon",
     "gate_max_private", "clip", "noise_multiplier",
 )
 
 
 def decoding_config(
-    mechanism: str, partitions: int, temperature: float, top_k: int | None, units_per_row: int,
+    mechanism: str, partitions: int, temperature: float, top_k: int | None, top_k_plus: bool, units_per_row: int,
     gate_threshold: float | None, gate_epsilon: float, gate_max_private: int,
     clip: float | None = None, noise_multiplier: float | None = None,
 ) -> DecodingConfig:
@@ -48,7 +48,7 @@ def decoding_config(
     if gate_threshold is not None:
         gate = GateConfig(threshold=gate_threshold, epsilon=gate_epsilon, max_private_tokens=gate_max_private)
     fixed = {k: v for k, v in (("clip", clip), ("noise_multiplier", noise_multiplier)) if v is not None}
-    return DecodingConfig(mechanism=mechanism, partitions=partitions, temperature=temperature, top_k=top_k,
+    return DecodingConfig(mechanism=mechanism, partitions=partitions, temperature=temperature, top_k=top_k, top_k_plus=top_k_plus,
                           units_per_row=units_per_row, gate=gate, **fixed)
 
 
@@ -65,6 +65,7 @@ class JobRequest(BaseModel):
     partitions: int = Field(default=8, ge=1, le=4096)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_k: int | None = Field(default=64, ge=1)
+    top_k_plus: bool = True  # em: widen the public top-k to top-k+ (DecodingConfig.top_k_plus)
     clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # fixed instead of solved
     noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     units_per_row: int = Field(default=1, ge=1, le=64)

@@ -17,6 +17,7 @@ BAD = [
     ({"clip": -1.0}, "clip", "> 0"),
     ({"noise_multiplier": 0}, "noise_multiplier", "> 0"),
     ({"top_k": 0}, "top_k", ">= 1"),
+    ({"top_k_plus": "no"}, "top_k_plus", "True or False"),
     ({"units_per_row": 0}, "units_per_row", ">= 1"),
     ({"gate": "yes"}, "gate", "GateConfig"),
 ]

@@ -57,11 +57,12 @@ CASES = [
     Case("em", 1.0, 2, 0.5, (1.0, 0.0, 0.0, 0.0), (), None, 11),
     Case("em", 2.0, 4, 0.5, (0.5, 0.0, 0.2, -0.3), ((1.0, 0.0, 0.0, 0.0), (1.5, -1.0, 0.5, 0.0)), 4, 21),
     Case("em", 3.0, 8, 0.5, (0.75, 0, 0, 0, 0, 0), ((2.0, 0, 0, 0, 0, 0),) * 4, 6, 31),
+    Case("em", 2.0, 4, 0.5, (1.0, 0.5, 0.0, -0.5, -1.0), ((0.0, 1.0, 0.5, 0.0, 0.0),), 3, 91, top_k_plus=False),  # the public top-3
     Case("amin", 2.0, 4, 0.5, (0.0, 0.0, 0.0, 0.0), _AMIN_BG(2.0, 4, 2), None, 41),
     Case("amin", 1.0, 5, 0.25, (0.3, -1.0, 2.0, 0.0), _AMIN_BG(1.0, 4, 3), 4, 51),
     Case("amin", 1.5, 6, 0.5, (0.0, 0.0, 0.0, 0.0, 0.0, 0.0), _AMIN_BG(1.5, 6, 4), None, 61),
 ]
-IDS = [f"{c.mechanism}-C{c.clip}-N{c.partitions}-tau{c.tau}-V{c.v}" for c in CASES]
+IDS = [f"{c.mechanism}-C{c.clip}-N{c.partitions}-tau{c.tau}-V{c.v}{'' if c.top_k_plus else '-topk'}" for c in CASES]
 
 
 def _counts(case: Case, d_copies: int = 1, cfg: DecodingConfig | None = None, cfg_prime: DecodingConfig | None = None):

@@ -37,6 +37,23 @@ def test_em_candidates_are_top_k_plus_from_public_only():
     assert sorted(ids[0][valid[0]].tolist()) == [0, 1]
 
 
+@pytest.mark.parametrize(
+    ("clip", "top_k_plus", "expected"),
+    [
+        (0.5, True, [0, 1, 2]),  # >= 4.9 - 1.0
+        (1.0, True, [0, 1, 2, 3]),  # >= 4.9 - 2.0: the widening grows with C
+        (3.0, True, [0, 1, 2, 3, 4, 5]),
+        (0.5, False, [0, 1]),  # the public top-k, whatever C
+        (3.0, False, [0, 1]),
+    ],
+)
+def test_em_top_k_plus_widens_with_clip_and_can_be_turned_off(clip, top_k_plus, expected):
+    public = np.array([5.0, 4.9, 4.0, 3.5, 1.0, 0.0])
+    cfg = DecodingConfig(mechanism="em", clip=clip, top_k=2, top_k_plus=top_k_plus)
+    ids, valid = candidate_sets(public[None, :], cfg)
+    assert sorted(ids[0][valid[0]].tolist()) == expected
+
+
 @pytest.mark.parametrize("mechanism", ["em", "amin", "gaussian"])
 def test_private_logits_outside_candidates_do_not_matter(mechanism):
     """Same seed, private logits changed only outside the public candidate set: same tokens."""

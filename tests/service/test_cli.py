@@ -30,6 +30,15 @@ def test_plan_table_and_json_agree_with_the_planner():
     assert d["epsilon"] == expected.epsilon and d["rounds"] == 1 and d["mechanism"] == "em"
 
 
+@pytest.mark.parametrize(("extra", "shown", "flag"), [([], "64+ (within 2C of the k-th)", True), (["--no-top-k-plus"], "64\n", False)])
+def test_plan_shows_the_em_candidate_set(extra, shown, flag):
+    args = ["plan", "--units", "5000", "--records", "200", "--max-tokens", "64", "--epsilon", "3", "--delta", "1e-6", *extra]
+    table = run(*args)
+    assert table.returncode == 0, table.stderr
+    assert "top-k (public candidates)  " + shown in table.stdout
+    assert json.loads(run(*args, "--json").stdout)["config"]["top_k_plus"] is flag
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

@@ -96,6 +96,8 @@ def test_full_request_sets_every_field():
     "extra,settings_set,gate_set",
     [
         (["--top-k", "0"], {"top_k"}, set()),  # 0 = whole vocabulary: set, not dropped as falsy
+        (["--no-top-k-plus"], {"top_k_plus"}, set()),  # False: set, not dropped as falsy
+        (["--top-k-plus"], {"top_k_plus"}, set()),
         (["--temperature", "1.5", "--partitions", "4"], {"temperature", "partitions"}, set()),
         (["--gate-epsilon", "0.2"], {"gate"}, {"epsilon"}),  # any gate flag enables the gate
         (["--gate-threshold", "0.25", "--gate-max-private", "8"], {"gate"}, {"threshold", "max_private"}),

@@ -216,3 +216,23 @@ def test_seeds_and_sweep_flags_are_checked(tmp_path, capsys, flags, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "settings.json").exists()
+
+
+def test_no_top_k_plus_reaches_generation_the_report_and_the_command(tiny_run, tmp_path, capsys):
+    """--no-top-k-plus: a folder made with top-k+ is refused; a new one runs with it and says so.
+    A folder whose settings.json predates the setting ran at its default (top-k+) and is kept."""
+    out, _ = tiny_run
+    flags = [*TINY_FLAGS, "--epsilons", "3", "--mechanisms", "em"]
+    settings = json.loads((out / "settings.json").read_text())
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "top_k_plus"}))
+    assert main(["eval", "--out", str(old), *flags, "--report-only"]) == 0  # the default: no setting differs
+    assert main(["eval", "--out", str(old), *flags, "--no-top-k-plus", "--report-only"]) == 2
+    assert "other settings (top_k_plus differ" in capsys.readouterr().err
+    new = tmp_path / "new"
+    assert main(["eval", "--out", str(new), *flags, "--no-top-k-plus"]) == 0
+    assert json.loads((new / "settings.json").read_text())["top_k_plus"] is False
+    assert json.loads((new / "sms-spam" / "em-eps3.json").read_text())["n"] == 4
+    report = (new / "report.md").read_text()
+    assert "(em: the public top-k, not top-k+)" in report and "--no-top-k-plus" in report

@@ -163,8 +163,11 @@ def _write_jsonl(rows: list[dict], path: Path) -> None:
             f.write(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n")
 
 
-def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mechanism: str, folder: Path, engine, say: Callable[[str], None], bar: bool) -> dict:
-    """One generation job; returns its run_generate report (records in folder/<cell>.jsonl)."""
+def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mechanism: str, folder: Path, engine, say: Callable[[str], None], bar: bool,
+                  selector_for=None) -> dict:
+    """One generation job; returns its run_generate report (records in folder/<cell>.jsonl).
+
+    selector_for: for a private cell, a selector wrapping the mechanism (candidates.py's probe)."""
     from ..jobs.generate import GenerateSpec, run_generate
     from .baseline import NonPrivateSelector
 
@@ -180,7 +183,8 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
         mechanism="em" if private else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
         top_k_plus=s.top_k_plus, template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
     )
-    selector_for = (lambda p, rng: NonPrivateSelector(p.config, rng)) if private else None
+    if private:
+        selector_for = lambda p, rng: NonPrivateSelector(p.config, rng)  # noqa: E731
     return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
 
 

@@ -48,6 +48,9 @@ SETUPS = {
 MECHANISMS = ("em", "amin", "gaussian")
 
 
+# EvalSettings fields added after eval folders had been written (a folder's settings.json
+# without one ran at its default). Not `seed`: a --seeds folder leaves it out on purpose.
+ADDED_LATER = ("top_k_plus",)
 GRID = ("datasets", "epsilons", "mechanisms")  # the EvalSettings fields that only choose which cells run
 
 
@@ -213,14 +216,14 @@ def claim_folder(out: Path, wanted: dict, grid: tuple[str, ...] = GRID) -> None:
     """Record `wanted` in out/settings.json, refusing a folder that holds other settings.
 
     The grid fields may grow or shrink between runs (each cell is generated on its own);
-    everything else decides what a cell holds, so it must match. A setting the folder's file
-    lacks was added to EvalSettings after that run, which therefore ran at its default."""
+    everything else decides what a cell holds, so it must match. A setting of ADDED_LATER that
+    the folder's file lacks did not exist when that run was made, so it ran at the default."""
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "settings.json"
     if settings_file.exists():
         held = json.loads(settings_file.read_text())
         defaults = json.loads(EvalSettings().model_dump_json())
-        held = {k: defaults[k] for k in wanted.keys() - held.keys() if k in defaults} | held
+        held = {k: defaults[k] for k in ADDED_LATER if k in wanted and k not in held} | held
         differ = sorted(k for k in wanted.keys() | held.keys() if k not in grid and held.get(k) != wanted.get(k))
         if differ:
             raise ValueError(f"out: {out} holds an evaluation with other settings ({', '.join(differ)} differ, see {settings_file}); "

@@ -31,19 +31,23 @@ from . import scores
 
 @dataclass(frozen=True)
 class DatasetSetup:
-    """How a corpus is generated: its template, tokens per record and how records split by label."""
+    """How a corpus is generated: its template, tokens per record, its labels and how records split by label.
+
+    The labels are declared here, like a user's `--labels`: read off the private train part, a
+    label held by one row would decide the records requested and the histogram's bins."""
 
     template: str
     max_tokens: int
     label_split: Literal["balanced", "proportional"]  # public choice: equal counts, or the DP histogram
+    labels: tuple[str, ...]
 
 
 # TREC's ABBR class holds ~1.5% of questions: a balanced split would need several rounds of its
 # few groups (and every round is paid by all labels), so TREC follows the DP label histogram.
 SETUPS = {
-    "sms-spam": DatasetSetup("sms-spam", 32, "balanced"),
-    "trec": DatasetSetup("trec", 24, "proportional"),
-    "rotten-tomatoes": DatasetSetup("rotten-tomatoes", 40, "balanced"),
+    "sms-spam": DatasetSetup("sms-spam", 32, "balanced", ("ham", "spam")),
+    "trec": DatasetSetup("trec", 24, "proportional", ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")),
+    "rotten-tomatoes": DatasetSetup("rotten-tomatoes", 40, "balanced", ("fresh", "rotten")),
 }
 MECHANISMS = ("em", "amin", "gaussian")
 
@@ -134,14 +138,15 @@ class Split:
 
 
 def dataset_split(name: str, s: EvalSettings) -> Split:
-    """The seeded private train part (optionally capped) and the held-out test part (capped)."""
+    """The seeded private train part (optionally capped), the held-out test part (capped) and the
+    dataset's declared labels (never the train part's)."""
     train, test = split(load(name), 0.2, s.seed)
     rng = np.random.default_rng(s.seed + 1)
     if s.train_rows is not None and s.train_rows < len(train):
         train = [train[i] for i in sorted(rng.choice(len(train), s.train_rows, replace=False))]
     if s.test_rows < len(test):
         test = [test[i] for i in sorted(rng.choice(len(test), s.test_rows, replace=False))]
-    return Split(train, test, sorted({r["label"] for r in train}))
+    return Split(train, test, list(SETUPS[name].labels))
 
 
 def balanced_counts(records: int, labels: list[str]) -> dict[str, int]:
@@ -175,18 +180,18 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
     from .baseline import NonPrivateSelector
 
     setup = SETUPS[name]
-    private = math.isinf(epsilon)
+    no_privacy = math.isinf(epsilon)
     labelling = {"label_counts": balanced_counts(s.records, data.labels)} if setup.label_split == "balanced" else {"labels": tuple(data.labels)}
     spec = GenerateSpec(
         input=folder / "train.jsonl", label_field="label", **labelling,
         records=s.records, max_tokens=s.max_tokens or setup.max_tokens,
         # epsilon = inf: any finite epsilon gives the same layout (groups and rounds do not
         # depend on it); the non-private selector then ignores the calibration.
-        epsilon=10.0 if private else epsilon, delta=s.delta,
-        mechanism="em" if private else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
+        epsilon=10.0 if no_privacy else epsilon, delta=s.delta,
+        mechanism="em" if no_privacy else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
         top_k_plus=s.top_k_plus, template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
     )
-    if private:
+    if no_privacy:
         selector_for = lambda p, rng: NonPrivateSelector(p.config, rng)  # noqa: E731
     return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
 

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from service.cli import main
-from service.eval.runner import EvalSettings, balanced_counts, cell_name, dataset_split, run_eval, template_for
+from service.data.packaged import load
+from service.eval.runner import SETUPS, EvalSettings, balanced_counts, cell_name, dataset_split, run_eval, template_for
 
 pytest.importorskip("sklearn")
 
@@ -50,6 +51,17 @@ def test_each_dataset_keeps_its_own_template_unless_one_is_given(tmp_path):
     bad.write_text('kind = "texts"\n')  # a file, but not a template: named at the flags, before any cell runs
     with pytest.raises(ValueError, match="must define kind_label"):
         EvalSettings(template=str(bad))
+
+
+@pytest.mark.parametrize("name", sorted(SETUPS))
+def test_labels_are_declared_not_read_off_the_train_part(name):
+    # The declaration matches the packaged corpus, and a train part too small to hold every label
+    # still asks for all of them: no private row decides which labels exist.
+    assert sorted({r["label"] for r in load(name)}) == sorted(SETUPS[name].labels)
+    small = dataset_split(name, EvalSettings(train_rows=16, seed=3))
+    assert small.labels == list(SETUPS[name].labels)
+    if name == "trec":  # ABBR is 1.5% of TREC: 16 rows at this seed hold fewer than the six labels
+        assert len({r["label"] for r in small.train}) < len(small.labels)
 
 
 def test_split_is_seeded_disjoint_and_capped():

@@ -10,7 +10,7 @@ import pytest
 
 from service.cli import main
 from service.data.packaged import load
-from service.eval.runner import SETUPS, EvalSettings, balanced_counts, cell_name, dataset_split, run_eval, template_for
+from service.eval.runner import FAST, SETUPS, EvalSettings, balanced_counts, cell_name, dataset_split, run_eval, template_for
 
 pytest.importorskip("sklearn")
 
@@ -129,6 +129,17 @@ def test_report_of_a_run_cut_short(tiny_run, tmp_path, engine):
     partial = run_eval(EvalSettings(**TINY), tmp_path, engine=engine, generate=False)
     assert set(partial["datasets"]["sms-spam"]["cells"]) == {"em-eps3"}
     assert [p.name for p in (tmp_path / "sms-spam").glob("*.jsonl")] == ["train.jsonl"]  # nothing generated
+
+
+@pytest.mark.slow
+def test_fast_mode_is_the_documented_subset_and_runs_end_to_end(tmp_path, capsys):
+    assert main(["eval", "--fast", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"] == json.loads(EvalSettings(**FAST).model_dump_json())
+    cells = results["datasets"]["sms-spam"]["cells"]
+    assert set(cells) == {"em-eps3", "none-inf"} and all(c["n"] >= 1 for c in cells.values())
+    assert "em at epsilon 3 reaches" in capsys.readouterr().out
+    assert "privtext eval --out" in (tmp_path / "report.md").read_text() and "--fast" in (tmp_path / "report.md").read_text()
 
 
 def test_cli_names_the_bad_flag(tmp_path, capsys):

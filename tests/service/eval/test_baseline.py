@@ -57,3 +57,22 @@ def test_samples_at_the_temperature():
     n = 20_000
     tokens = sel.select(list(range(n)), np.tile(private, (n, 1)), np.full(n, 2), np.zeros((n, 2)))
     assert abs(np.mean(tokens == 0) - np.e / (1 + np.e)) < 0.015
+
+
+def test_only_the_eval_reaches_the_non_private_selector():
+    """The ceiling's selector releases raw, unclipped averages: no path outside `privtext eval`
+    (server, `privtext generate`, client, load test) may import it or pass a selector_for."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    offenders = []
+    for path in [*root.joinpath("service").rglob("*.py"), *root.joinpath("loadtest").rglob("*.py")]:
+        if path.is_relative_to(root / "service" / "eval"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("baseline"):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} imports {node.module}")
+            if isinstance(node, ast.Call) and any(k.arg == "selector_for" for k in node.keywords):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno} passes selector_for")
+    assert offenders == []

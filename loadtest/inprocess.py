@@ -31,7 +31,7 @@ from service.api.convert import job_request
 from service.api.gen.privtext.v1 import generation_pb2
 from service.api.settings import ServerSettings
 from service.engine.loader import load_engine
-from service.jobs.dataset_job import Admission, decode, mechanism_rng, prepare
+from service.jobs.dataset_job import Admission, decode, prepare
 from service.jobs.records import RecordFilter
 from service.jobs.scheduler import EngineScheduler
 from service.store.crypto import load_or_create_key
@@ -86,7 +86,7 @@ class InProcess:
         get_filter()  # presidio + spaCy, loaded once before any stream (as the server does)
         self.engine = load_engine(s.engine, s.model, say)
         self.scheduler = EngineScheduler(self.engine, s.batch_rows)
-        self.server_secret = secrets.token_bytes(32)  # only seeded requests use it; ours are not seeded
+        self.server_secret = secrets.token_bytes(32)  # the in-process server's own, as the server derives one
 
     def close(self) -> None:
         self.scheduler.close(30)
@@ -96,12 +96,12 @@ class InProcess:
         """One Generate stream, as GenerationServicer.Generate runs it: on_record(tokens) for each
         released record (the records a client receives)."""
         dataset_id, req = job_request(request, self.settings)
-        prep = prepare(self.store, self.tenant, dataset_id, req, name, self.settings.count_noise)
+        prep = prepare(self.store, self.tenant, dataset_id, req, name, self.settings.count_noise, self.server_secret,
+                       self.engine, self.settings.batch_rows)
         admission = Admission(self.scheduler, name)
         try:
             records = RecordFilter(prep.request.pii)
-            rng = mechanism_rng(prep.request.seed, self.server_secret, prep.dataset.id)
-            for rec in decode(prep, self.engine, admission, records, rng):
+            for rec in decode(prep, self.engine, admission, records):
                 if rec.released:
                     on_record(rec.tokens)
         finally:

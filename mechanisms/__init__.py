@@ -22,10 +22,11 @@ from .costs import charged_tokens, rho_per_record, rho_per_token, sensitivity
 from .counts import count_event, dp_count, dp_histogram
 from .partition import Row, assign_groups, build_groups, group_count, rounds_needed
 from .planner import BudgetExceeded, Plan, plan
+from .randomness import JobRandomness
 from .select import GroupState, candidate_sets, select_token, select_tokens
 
 __all__ = [
-    "MECHANISMS", "BudgetExceeded", "DecodingConfig", "GateConfig", "GroupState", "Ledger", "LedgerEntry",
+    "MECHANISMS", "BudgetExceeded", "DecodingConfig", "GateConfig", "GroupState", "JobRandomness", "Ledger", "LedgerEntry",
     "Plan", "PrivacyEvent", "Row", "assign_groups", "build_groups", "calibrate", "candidate_sets",
     "charged_tokens", "count_event", "dp_count", "dp_histogram", "epsilon_from_rho", "epsilon_of",
     "generation_events", "group_count", "loose_epsilon_from_rho", "plan", "rho_from_epsilon",

@@ -1,7 +1,7 @@
 """DecodingConfig: every public setting of one private decoding run, validated on construction.
 
 Everything here is public by definition: the values decide truncation, divisors and costs, so
-none of them may be computed from private data (see ../shared/privacy-notes.md).
+none of them may be computed from private data (see docs/privacy/analysis.md).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Mechanism = Literal["em", "amin", "gaussian"]
+DEFAULT_SLOTS_PER_PARTITION = 3  # row_slots = 3N unless set
 MECHANISMS: tuple[str, ...] = ("em", "amin", "gaussian")
 
 
@@ -79,6 +80,13 @@ class DecodingConfig:
         the public row's tail to every step (docs/eval/candidates).
     units_per_row: 1 (default layout, one unit per row) or k > 1 (few-shot layout: up to k
         units in each of N fixed slots; a removed unit changes a row, so sensitivity doubles).
+    row_slots: default layout only: M, the public bound on a group's private rows (None: 3N).
+        Each unit hashes to one of its group's M slots; a slot holding two or more units keeps
+        none of them. Adding a unit then adds its own row (an empty slot) or removes exactly one
+        other (the one it collides with), never both, so the sensitivity stays one row, and no
+        group ever has more than M rows, whatever the data: batch admission, memory and whether a
+        job fits the engine are decided by M, a public number. About exp(-n_g/M) of the units
+        keep a row (72% at the default, n_g ~ N units per group).
     gate: optional public-token gate.
     """
 
@@ -90,6 +98,7 @@ class DecodingConfig:
     top_k: int | None = 64
     top_k_plus: bool = True
     units_per_row: int = 1
+    row_slots: int | None = None
     gate: GateConfig | None = None
 
     def __post_init__(self) -> None:
@@ -102,7 +111,17 @@ class DecodingConfig:
             _int_at_least(self.top_k, 1, "top_k")
         require(isinstance(self.top_k_plus, bool), "top_k_plus", "True or False", self.top_k_plus)
         _int_at_least(self.units_per_row, 1, "units_per_row")
+        if self.row_slots is not None:
+            _int_at_least(self.row_slots, 1, "row_slots")
+            require(self.units_per_row == 1, "row_slots", "unset with units_per_row > 1 (the few-shot layout has N slots)", self.row_slots)
         require(self.gate is None or isinstance(self.gate, GateConfig), "gate", "a GateConfig or None", self.gate)
+
+    @property
+    def max_rows(self) -> int:
+        """The most private rows any group can have: M slots (default layout) or N (few-shot)."""
+        if self.units_per_row > 1:
+            return self.partitions
+        return self.row_slots if self.row_slots is not None else DEFAULT_SLOTS_PER_PARTITION * self.partitions
 
     def replace(self, **changes: object) -> DecodingConfig:
         """A copy with some fields changed (validated again)."""

@@ -2,11 +2,12 @@
 
 Adjacency everywhere: add or remove one privacy unit (with all its records).
 
-Default layout (one unit per row): removing a unit removes its row, and an absent row
-contributes exactly what the average assumes for it (the public row for em, 0 for amin,
-nothing for gaussian). Few-shot layout (units_per_row > 1): a removed unit *changes* its row,
+Default layout (one unit per row, in M public row slots per group): adding or removing a unit
+adds or removes exactly one row (its own, or the one it shares a slot with, which then keeps
+none: mechanisms.partition.build_groups), and an absent row contributes exactly what the
+average assumes for it (the public row for em, 0 for amin, nothing for gaussian). Few-shot layout (units_per_row > 1): a removed unit *changes* its row,
 so the shift doubles: per coordinate 2C/N (rho x4) for em/amin, sqrt(2) in L2 (rho x2) for
-gaussian. See ../shared/privacy-notes.md, "Units, rows, groups".
+gaussian. See docs/privacy/analysis.md, "Units, rows, groups".
 """
 
 from __future__ import annotations

@@ -4,12 +4,16 @@ unit  : the privacy unit (a record, or all records sharing a unit key); adjacenc
         removes one unit with all its records.
 row   : one prompt. Default layout: exactly one unit per row (its records, up to a public cap,
         in keyed order), so removing a unit removes one row.
-group : the rows that decode one synthetic record together (plus one public row).
+group : the rows that decode one synthetic record together (plus one public row); at most
+        a public number M of private rows (DecodingConfig.max_rows).
 round : one pass over the units; every unit is in exactly one group per round.
 
 Units go to groups by HMAC-SHA256(dataset secret, round, unit key) mod G. The assignment of
 a unit depends on nothing but its own key, so adding or removing a unit never moves another
-(sort-and-slice would shift every later group). G comes from a public count only.
+(sort-and-slice would shift every later group). G comes from a public count only. Inside a
+group each unit hashes to one of M row slots; a slot that two or more units hash to keeps none,
+so no group exceeds M rows and one unit changes at most one row (its own, or the one it
+collides with): capacity is decided by M, never by how many units happened to land together.
 """
 
 from __future__ import annotations
@@ -83,13 +87,22 @@ def build_groups(
     partitions: int,
     units_per_row: int = 1,
     max_records_per_unit: int = 4,
+    row_slots: int | None = None,
+    first: int | None = None,
 ) -> list[list[Row]]:
     """Rows of every group for one round.
 
-    Default layout (units_per_row = 1): each unit is one row in its keyed group; the number of
-    rows per group varies around N (aggregation divides by the public N whatever it is), and no
-    cap can evict one unit for another. A unit keeps at most max_records_per_unit records,
-    chosen in keyed order, so another unit's presence never changes them.
+    Default layout (units_per_row = 1): each unit hashes to one of its group's row_slots (M)
+    slots, and a unit alone in its slot is one row; a slot with two or more units keeps none.
+    Rows per group are at most M (aggregation divides by the public N whatever their number).
+    Adjacency: adding unit u either fills an empty slot (one row added) or collides (the one
+    unit already alone there loses its row: one row removed; a slot already shared stays
+    empty: nothing changes), so one unit still moves the group by one row, never two. A unit
+    keeps at most max_records_per_unit records, chosen in keyed order, so another unit's
+    presence never changes them. row_slots None: no bound (tests of the old layout only).
+
+    first: build the rows of groups 0..first-1 only (a round that needs fewer records than it
+    has groups); every unit is still hashed, so the groups built are exactly the same.
 
     Few-shot layout (units_per_row = k > 1): the group's N slots each take the first k of its
     units (keyed order) that hash to that slot; a unit can evict another from a slot, so a unit
@@ -103,18 +116,28 @@ def build_groups(
         isinstance(max_records_per_unit, int) and max_records_per_unit >= 1,
         "max_records_per_unit", "an integer >= 1", max_records_per_unit,
     )
+    require(row_slots is None or (isinstance(row_slots, int) and row_slots >= 1), "row_slots", "None or an integer >= 1", row_slots)
 
     def records_of(unit: str) -> tuple[str, ...]:
         return tuple(keyed_order(list(unit_records[unit]), secret, "records", round_, unit)[:max_records_per_unit])
 
-    members: list[list[str]] = [[] for _ in range(groups)]
-    for unit, g in assign_groups(unit_records.keys(), secret, round_, groups).items():
-        members[g].append(unit)
+    require(first is None or (isinstance(first, int) and 0 <= first <= groups), "first", f"None or in [0, {groups}]", first)
+    wanted = groups if first is None else first
+    members: list[list[str]] = [[] for _ in range(wanted)]
+    for unit in unit_records.keys():
+        g = unit_group(unit, secret, round_, groups)
+        if g < wanted:
+            members[g].append(unit)
 
     out: list[list[Row]] = []
     for g, units in enumerate(members):
         units = keyed_order(units, secret, "rows", round_, g)
         if units_per_row == 1:
+            if row_slots is not None:
+                by_slot: dict[int, list[str]] = {}
+                for u in units:
+                    by_slot.setdefault(int.from_bytes(_digest(secret, "row slot", round_, u), "big") % row_slots, []).append(u)
+                units = [us[0] for _, us in sorted(by_slot.items()) if len(us) == 1]
             out.append([Row((u,), records_of(u)) for u in units])
             continue
         slots: list[list[str]] = [[] for _ in range(partitions)]

@@ -4,7 +4,7 @@ The engine calls `select_tokens` once per decoding step for every active group i
 `select_token` is the same code for one group. Inputs are the raw logits of the private rows
 (no temperature, no processors, no model-config top-p/top-k) and of each group's public row.
 
-Rules the code enforces (../shared/privacy-notes.md):
+Rules the code enforces (docs/privacy/analysis.md):
 - the candidate set comes from the public row's logits only;
 - averages divide by the public N (`cfg.partitions`), never by the number of rows present;
 - nothing here returns or stores a per-row quantity: only the chosen token ids.
@@ -51,10 +51,28 @@ def _check_inputs(private_logits: np.ndarray, group_sizes: np.ndarray, public_lo
     require(group_sizes.ndim == 1 and group_sizes.shape[0] == g, "group_sizes", f"a 1-D array of {g} counts", group_sizes.shape)
     require(bool(np.all(group_sizes >= 0)), "group_sizes", "non-negative", group_sizes)
     require(int(group_sizes.sum()) == private_logits.shape[0], "group_sizes", f"summing to {private_logits.shape[0]} rows", int(group_sizes.sum()))
-    # One fast pass each: a sum is finite iff every term is (logits are far below float max).
-    for name, arr in (("private_logits", private_logits), ("public_logits", public_logits)):
-        if arr.size and not np.isfinite(arr.sum()):
-            raise ValueError(f"{name} must be finite (no NaN or infinity)")
+    # The public row is public: a non-finite one may fail the step. A private row may not
+    # (one unit would decide the job's outcome): drop_non_finite_rows treats it as absent.
+    if public_logits.size and not np.isfinite(public_logits.sum()):
+        raise ValueError("public_logits must be finite (no NaN or infinity)")
+
+
+def drop_non_finite_rows(private_logits: np.ndarray, group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Private rows with a NaN or infinite logit, treated as absent (removed; sizes adjusted).
+
+    An absent row is exactly what the add/remove analysis already covers (the average divides
+    by the public N and an absent row contributes the public row's logits), so one unit whose
+    prompt drives the model to a non-finite logit changes its own row only, never the step's
+    outcome. One pass per row: a sum is finite iff every term is (logits are far below float max).
+    """
+    if not private_logits.size:
+        return private_logits, group_sizes
+    finite = np.isfinite(private_logits.sum(axis=1))
+    if finite.all():
+        return private_logits, group_sizes
+    row_group = np.repeat(np.arange(group_sizes.shape[0]), group_sizes)
+    kept = np.bincount(row_group[finite], minlength=group_sizes.shape[0]).astype(np.int64)
+    return private_logits[finite], kept
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +198,46 @@ def gate_distance(zs: np.ndarray, zp: np.ndarray, valid: np.ndarray, valid_rows:
 # Selection
 
 
-def _sample(scores: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+Coins = np.random.Generator | Sequence[np.random.Generator]
+
+
+def _noise(rng: Coins, valid: np.ndarray, draw: str, scale: float = 1.0) -> np.ndarray:
+    """(G, S) noise of one kind ("gumbel", "normal") on the valid columns, 0 elsewhere.
+
+    With one generator per group, group g draws exactly its own number of valid columns from
+    its own stream, so the coins a group uses depend on nothing but that group (not on which
+    groups share the batch, nor on their candidate-set widths): a job gives the same records
+    whatever its batching, and no draw is ever shared between groups."""
+    g, s = valid.shape
+    if isinstance(rng, np.random.Generator):
+        z = rng.gumbel(size=(g, s)) if draw == "gumbel" else rng.normal(0.0, scale, size=(g, s))
+        return np.where(valid, z, 0.0)
+    require(len(rng) == g, "rng", f"one generator per group ({g})", len(rng))
+    out = np.zeros((g, s))
+    for i, (r, row) in enumerate(zip(rng, valid)):
+        n = int(row.sum())
+        z = r.gumbel(size=n) if draw == "gumbel" else r.normal(0.0, scale, size=n)
+        out[i, np.flatnonzero(row)] = z
+    return out
+
+
+def _laplace(rng: Coins, scale: float, which: np.ndarray) -> np.ndarray:
+    """(G,) Laplace draws for the groups in `which` (others 0), each from its own stream."""
+    if isinstance(rng, np.random.Generator):
+        return np.where(which, rng.laplace(0.0, scale, size=which.shape), 0.0)
+    return np.array([r.laplace(0.0, scale) if w else 0.0 for r, w in zip(rng, which)])
+
+
+def _pick(rng: Coins, which: np.ndarray) -> Coins:
+    """The generators of the groups in `which` (a single shared generator stays itself)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return [r for r, w in zip(rng, which) if w]
+
+
+def _sample(scores: np.ndarray, valid: np.ndarray, rng: Coins) -> np.ndarray:
     """One draw per group from softmax(scores) over valid columns (Gumbel-max: exact)."""
-    noisy = np.where(valid, scores + rng.gumbel(size=scores.shape), -np.inf)
+    noisy = np.where(valid, scores + _noise(rng, valid, "gumbel"), -np.inf)
     return noisy.argmax(axis=1)
 
 
@@ -191,14 +246,17 @@ def select_tokens(
     group_sizes: Sequence[int] | np.ndarray,
     public_logits: np.ndarray,
     cfg: DecodingConfig,
-    rng: np.random.Generator,
+    rng: Coins,
     states: Sequence[GroupState] | None = None,
 ) -> np.ndarray:
     """One token id per group, for every group of a batch at once.
 
     private_logits: (R, V) raw next-token logits of the private rows, the rows of group g
-        contiguous and in group order; group_sizes: (G,) rows per group (0 allowed);
-    public_logits: (G, V) the public row of each group; rng: the only randomness used.
+        contiguous and in group order; group_sizes: (G,) rows per group (0 allowed); a row
+        with a non-finite logit counts as absent (drop_non_finite_rows);
+    public_logits: (G, V) the public row of each group;
+    rng: the only randomness used: one generator per group (the service: each group's own
+        stream, so no two groups ever share a draw), or one generator for all (audits, tests).
     states: per-group GroupState (needed with a gate, to keep its noisy threshold across steps;
         updated in place). Returns (G,) int64 token ids.
     """
@@ -206,6 +264,7 @@ def select_tokens(
     public_logits = np.asarray(public_logits)
     sizes = np.asarray(group_sizes, dtype=np.int64)
     _check_inputs(private_logits, sizes, public_logits)
+    private_logits, sizes = drop_non_finite_rows(private_logits, sizes)
     g = public_logits.shape[0]
     if states is None:
         states = [GroupState() for _ in range(g)]
@@ -229,12 +288,13 @@ def select_tokens(
         choice = _sample(aggregate_amin(zs, row_max, sizes, cfg), valid, rng)
     else:
         summed = aggregate_gaussian_sum(zs, valid_rows, sizes, cfg)
-        noisy = summed + rng.normal(0.0, cfg.noise_multiplier, size=summed.shape)
+        noisy = summed + _noise(rng, valid, "normal", cfg.noise_multiplier)
         choice = np.where(valid, noisy, -np.inf).argmax(axis=1)
 
     if not private.all():  # below the gate's threshold: the public row's own sample, free
-        public_choice = _sample(zp / cfg.temperature, valid, rng)
-        choice = np.where(private, choice, public_choice)
+        public = ~private
+        choice = choice.copy()
+        choice[public] = _sample(zp[public] / cfg.temperature, valid[public], _pick(rng, public))
 
     for s, is_private in zip(states, private):
         if is_private:
@@ -246,7 +306,7 @@ def select_tokens(
     return ids[np.arange(g), choice].astype(np.int64)
 
 
-def _gate_above(zs, zp, valid, valid_rows, sizes, cfg: DecodingConfig, rng: np.random.Generator, states: Sequence[GroupState]) -> np.ndarray:
+def _gate_above(zs, zp, valid, valid_rows, sizes, cfg: DecodingConfig, rng: Coins, states: Sequence[GroupState]) -> np.ndarray:
     """AboveThreshold step for every group: True where the group must pay for a private token.
 
     Laplace AboveThreshold (Dwork & Roth, Alg. 1): threshold T + Lap(2 Delta/eps), drawn afresh
@@ -255,11 +315,13 @@ def _gate_above(zs, zp, valid, valid_rows, sizes, cfg: DecodingConfig, rng: np.r
     gate = cfg.gate
     assert gate is not None
     delta = gate_delta(cfg)
-    for s in states:
-        if s.noisy_threshold is None:
-            s.noisy_threshold = gate.threshold + rng.laplace(0.0, 2.0 * delta / gate.epsilon)
+    fresh = np.array([s.noisy_threshold is None for s in states])
+    thresholds = _laplace(rng, 2.0 * delta / gate.epsilon, fresh)
+    for s, f, t in zip(states, fresh, thresholds):
+        if f:
+            s.noisy_threshold = gate.threshold + t
     distance = gate_distance(zs, zp, valid, valid_rows, sizes, cfg)
-    noisy = distance + rng.laplace(0.0, 4.0 * delta / gate.epsilon, size=distance.shape)
+    noisy = distance + _laplace(rng, 4.0 * delta / gate.epsilon, np.ones(len(states), dtype=bool))
     above = noisy >= np.array([s.noisy_threshold for s in states])
     for s, a in zip(states, above):
         if a:

@@ -20,6 +20,8 @@ def _add_mechanism_args(p: argparse.ArgumentParser) -> None:
                    help="em: widen the public top-k to every token within 2C of its k-th logit (top-k+); "
                         "--no-top-k-plus keeps the public top-k (default: top-k+)")
     p.add_argument("--units-per-row", type=int, default=1, help="1 = one unit per row; k > 1 = few-shot layout, doubled sensitivity")
+    p.add_argument("--row-slots", type=int, default=None,
+                   help="M, the public bound on a group's private rows (default: 3 x partitions); units colliding in a slot are left out")
     p.add_argument("--gate-threshold", type=float, default=None, help="enable the public-token gate with this TV-distance threshold")
     p.add_argument("--gate-epsilon", type=float, default=0.5, help="pure epsilon per above-threshold answer (default: 0.5)")
     p.add_argument("--gate-max-private", type=int, default=16, help="cap on private tokens per record with the gate (default: 16)")
@@ -97,7 +99,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
             records=a.records, max_tokens=a.max_tokens, epsilon=a.epsilon, delta=a.delta,
             mechanism=a.mechanism, partitions=a.partitions, temperature=a.temperature, top_k=a.top_k or None,
             top_k_plus=a.top_k_plus, clip=a.clip, noise_multiplier=a.noise_multiplier, units_per_row=a.units_per_row,
-            gate_threshold=a.gate_threshold, gate_epsilon=a.gate_epsilon, gate_max_private=a.gate_max_private,
+            row_slots=a.row_slots, max_row_tokens=a.max_row_tokens, gate_threshold=a.gate_threshold, gate_epsilon=a.gate_epsilon, gate_max_private=a.gate_max_private,
             public_count=a.public_count, labels=tuple(a.labels.split(",")) if a.labels else None,
             label_counts=_key_counts(a.label_counts), count_noise=a.count_noise,
             max_records_per_unit=a.max_records_per_unit, max_record_chars=a.max_record_chars,
@@ -162,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--count-noise", type=float, default=10.0, help="sigma of the DP unit count / label histogram (default: 10)")
     g.add_argument("--max-records-per-unit", type=int, default=4, help="records of one unit shown in its row (default: 4)")
     g.add_argument("--max-record-chars", type=int, default=500, help="characters of a record shown in a prompt (default: 500)")
+    g.add_argument("--max-row-tokens", type=int, default=512,
+                   help="every private row's prompt is cut to this many tokens, whatever its records (default: 512)")
     g.add_argument("--template", default=None, help="prompt template: a TOML file, or a packaged one: default, sms-spam")
     g.add_argument("--stop", action="append", default=None, help="record delimiter; may repeat")
-    g.add_argument("--seed", type=int, default=None, help="reproducible randomness (keep the seed as secret as the data)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="replay: the same request, corpus and seed give the same output on this machine (the noise also "
+                        "depends on a local secret in PRIVTEXT_CONFIG_DIR; another request with the same seed gets independent noise)")
     g.add_argument("--engine", default="auto", help="auto (default) or transformers")
     g.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--batch-rows", type=int, default=160, help="rows decoded at once (default: 160)")
@@ -240,16 +246,26 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .api.server import serve
+    import pydantic
+
+    from .api.server import StartupError, serve
     from .api.settings import ServerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = ServerSettings.load(a.config, host=a.host, port=a.port, data_dir=a.data_dir, engine=a.engine, model=a.model,
                                        metrics_port=a.metrics_port)
-    except Exception as e:  # pydantic's message names the field
+    except pydantic.ValidationError as e:  # one line: each error names its field
+        raise ValueError("; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+        )) from None
+    except Exception as e:
         raise ValueError(str(e)) from None
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as e:  # what an operator must fix, as one line: never a traceback
+        print(f"privtext: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

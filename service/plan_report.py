@@ -11,7 +11,8 @@ def plan_table(p: Plan) -> str:
     rows: list[tuple[str, str]] = [
         ("mechanism", cfg.mechanism),
         ("partitions (N)", str(cfg.partitions)),
-        ("layout", "one unit per row" if cfg.units_per_row == 1 else f"few-shot, {cfg.units_per_row} units per row (sensitivity doubled)"),
+        ("layout", f"one unit per row, at most {cfg.max_rows} rows per group (row slots)" if cfg.units_per_row == 1
+         else f"few-shot, {cfg.units_per_row} units per row (sensitivity doubled)"),
         ("units", f"{p.units:,} ({p.units_source}{'; flagged in every report' if p.units_source == 'declared-public' else ''})"),
         ("groups per round", f"{p.groups_per_round:,}"),
         ("rounds", f"{p.rounds:,} (sequential; groups within a round in parallel)"),

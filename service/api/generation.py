@@ -15,9 +15,7 @@ import secrets
 
 import grpc
 
-from mechanisms.accounting import epsilon_of
-
-from ..jobs.dataset_job import Admission, decode, mechanism_rng, prepare
+from ..jobs.dataset_job import Admission, decode, prepare, reserved
 from ..jobs.records import RecordFilter
 from ..store.interface import JobInfo
 from . import convert
@@ -40,8 +38,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         except Exception as e:
             await abort_for(context, e)
         prep = await self.s.call(
-            context, prepare, self.s.store, tenant, dataset_id, req, label, self.s.settings.count_noise,
-            subject=f"datasets/{dataset_id}",
+            context, prepare, self.s.store, tenant, dataset_id, req, label, self.s.settings.count_noise, self.s.server_secret,
+            self.s.engine, self.s.settings.batch_rows, subject=f"datasets/{dataset_id}",
         )
         await asyncio.to_thread(self.s.refresh_budget, tenant, dataset_id)
         log.info("%s: dataset %s, %d records, epsilon %.4g reserved (ledger entry %d)", label, dataset_id,
@@ -53,8 +51,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         prep = await self._prepare(request, context, label)
         admission = Admission(self.s.scheduler, label)
         records = RecordFilter(prep.request.pii)
-        rng = mechanism_rng(prep.request.seed, self.s.server_secret, prep.dataset.id)
-        it = decode(prep, self.s.engine, admission, records, rng)
+        it = decode(prep, self.s.engine, admission, records)
         index = 0
         loop = asyncio.get_running_loop()
         try:
@@ -77,17 +74,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         return convert.job(info, prep.plan.records, prep.plan.epsilon)
 
     async def _job(self, context, info: JobInfo):
-        def reserved():
-            req = json.loads(info.request_json)
-            rows = [r for r in self.s.store.ledger_rows(info.tenant, info.dataset_id) if r.id == info.ledger_id]
-            eps = epsilon_of(rows[0].events, self.s.store.get_dataset(info.tenant, info.dataset_id).delta) if rows else 0.0
-            return req["records"], eps
-
-        total, eps = await self.s.call(context, reserved)
+        total, eps = await self.s.call(context, reserved, self.s.store, info)
         return convert.job(info, total, eps)
 
     async def GetJob(self, request, context):
-        info = await self.s.call(context, self.s.store.get_job, request.id, self.s.tenant(context))
+        info = await self.s.call(context, self.s.runner.get_job, request.id, self.s.tenant(context))
         return await self._job(context, info)
 
     async def CancelJob(self, request, context):
@@ -97,12 +88,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def StreamJobResults(self, request, context):
         tenant = self.s.tenant(context)
         offset = request.offset
-        info = await self.s.call(context, self.s.store.get_job, request.id, tenant)
+        info = await self.s.call(context, self.s.runner.get_job, request.id, tenant)
         total = json.loads(info.request_json)["records"]
         if not 0 <= offset <= total:
             await abort_for(context, ApiError(grpc.StatusCode.OUT_OF_RANGE, f"offset: must be in [0, {total}] (records_total), got {offset}", "offset"))
         while True:
-            info = await self.s.call(context, self.s.store.get_job, request.id, tenant)
+            info = await self.s.call(context, self.s.runner.get_job, request.id, tenant)
             rows = await self.s.call(context, self.s.store.results, request.id, offset, None, tenant)
             for row in rows:
                 yield convert.stored_record(offset, json.loads(row))

@@ -26,6 +26,12 @@ class GroupRequest:
 
     max_tokens and stop strings are public limits. ignore_eos is for benchmarks only (decode
     exactly max_tokens tokens so that runs compare equal work).
+
+    max_rows and max_row_tokens are the group's public worst case (the plan's row slots and the
+    per-row token cap). When set, a backend admits and budgets the group by them, never by its
+    actual rows or prompt lengths (private): which groups share a batch, when a group starts
+    and whether it fits are then decided by public numbers. cache_salt keys any cross-request
+    cache (vLLM's prefix cache) to one tenant and dataset.
     """
 
     group_id: int
@@ -34,10 +40,25 @@ class GroupRequest:
     max_tokens: int
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    max_rows: int | None = None
+    max_row_tokens: int | None = None
+    cache_salt: str | None = None
 
     @property
     def n_rows(self) -> int:
         return len(self.rows) + 1
+
+    @property
+    def admit_rows(self) -> int:
+        """Rows the group is admitted as: its public worst case (with the public row) if known."""
+        return (self.max_rows if self.max_rows is not None else len(self.rows)) + 1
+
+    @property
+    def admit_prompt_tokens(self) -> int:
+        """Prompt tokens the group is budgeted as: public worst case if known, else its own."""
+        if self.max_rows is not None and self.max_row_tokens is not None:
+            return self.max_rows * self.max_row_tokens + len(self.public)
+        return sum(len(r) for r in self.rows) + len(self.public)
 
 
 @dataclass(frozen=True)
@@ -122,8 +143,11 @@ class Engine(abc.ABC):
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokens.decode(token_ids)
 
+    max_model_len: int  # the longest sequence (prompt + generated tokens) a row may reach
+
     def validate(self, req: GroupRequest) -> None:
-        """Reject a request before any of it reaches the model."""
+        """Reject a request before any of it reaches the model. The worst-case bounds are the
+        layout's promise: a row beyond them is a bug upstream, never something to decode."""
         if req.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {req.max_tokens}")
         for r in (*req.rows, req.public):
@@ -131,6 +155,34 @@ class Engine(abc.ABC):
                 raise ValueError(f"group {req.group_id}: a row has an empty prompt")
             if max(r) >= self._vocab or min(r) < 0:
                 raise ValueError(f"group {req.group_id}: token id outside the vocabulary of {self._vocab}")
+        if req.max_rows is not None and len(req.rows) > req.max_rows:
+            raise ValueError(f"group {req.group_id}: more private rows than its max_rows {req.max_rows}")
+        if req.max_row_tokens is not None and any(len(r) > req.max_row_tokens for r in req.rows):
+            raise ValueError(f"group {req.group_id}: a private row over its max_row_tokens {req.max_row_tokens}")
+
+    def capacity_problems(self, max_rows: int, max_row_tokens: int, public_tokens: int, max_tokens: int,
+                          max_batch_rows: int) -> list[str]:
+        """Why a group of this public worst case could not be decoded here (empty: it fits).
+
+        Called at plan time with public numbers only, so a job that cannot fit is refused
+        before anything is charged, and no unit's data can make a started job fail. Backends
+        add their own limits (vLLM: tokens prefilled per step, KV cache)."""
+        problems = []
+        if max_row_tokens + max_tokens > self.max_model_len:
+            problems.append(f"max_row_tokens {max_row_tokens} + max_tokens {max_tokens} = {max_row_tokens + max_tokens} "
+                            f"is over the model's context of {self.max_model_len} tokens")
+        if public_tokens + max_tokens > self.max_model_len:
+            problems.append(f"the public prompt's {public_tokens} tokens + max_tokens {max_tokens} are over the model's "
+                            f"context of {self.max_model_len} tokens")
+        if max_rows + 1 > max_batch_rows:
+            problems.append(f"a group's {max_rows} row slots + 1 public row = {max_rows + 1} rows are over the batch "
+                            f"limit of {max_batch_rows} rows (batch_rows)")
+        return problems
+
+    def check_admissible(self, req: GroupRequest, max_batch_rows: int) -> None:
+        """EngineError if the group can never be admitted (its worst case is over a limit)."""
+        if req.admit_rows > max_batch_rows:
+            raise EngineError(f"group {req.group_id} has {req.admit_rows} rows, over max_batch_rows {max_batch_rows}")
 
     def _peek(self, waiting: deque[GroupRequest], source: Iterator[GroupRequest | None], max_rows: int) -> GroupRequest | None:
         """The next group waiting for admission (validated, never larger than a batch), or None.
@@ -149,8 +201,7 @@ class Engine(abc.ABC):
             self.validate(nxt)
             waiting.append(nxt)
         req = waiting[0]
-        if req.n_rows > max_rows:
-            raise EngineError(f"group {req.group_id} has {req.n_rows} rows, over max_batch_rows {max_rows}")
+        self.check_admissible(req, max_rows)
         return req
 
     _drained: bool = False  # the current run's source is exhausted

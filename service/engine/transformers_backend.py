@@ -1,7 +1,8 @@
 """The reference backend: Hugging Face transformers, CPU or CUDA, with continuous batching.
 
-One batch holds the rows of every active group (each group's private rows, then its public
-row), left-padded, with one KV cache (DynamicCache) reused across steps: a prompt is prefilled
+Two batches decode in lock step: one holds the private rows of every active group, the other
+their public rows, so a public row's logits never depend on the private rows (see _loop). Each
+is left-padded, with one KV cache (DynamicCache) reused across steps: a prompt is prefilled
 once and every later step feeds one token per row. Groups join between steps (prefilled
 together, then merged into the batch by left-padding the shorter cache) and leave as they
 finish (their rows are dropped from the cache, and columns that became padding for every row
@@ -69,6 +70,7 @@ class TransformersEngine(Engine):
         self._stats = EngineStats()
         self.tokens = ChatTokens(self.tokenizer, self.model.config.eos_token_id)
         self._vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
         self._warm_up()
 
     # -- Engine API -----------------------------------------------------------------------
@@ -95,6 +97,12 @@ class TransformersEngine(Engine):
             self.model(input_ids=ids, logits_to_keep=1)
 
     def _loop(self, groups: Iterable[GroupRequest], max_batch_rows: int, selector: Selector | None, rng) -> Iterator[GroupResult]:
+        """The private rows of every active group decode in one batch (`priv`), their public rows
+        in another (`pub`). The public batch holds nothing but public rows, and which groups are
+        in it follows public facts only (admission by worst-case rows, finishing by the released
+        tokens), so a public row's logits are bit-for-bit the same whatever private rows decode
+        beside it: floating-point reductions depend on a batch's shape, and a near-tie flipped
+        in the public top-k would give a token probability zero under one neighbour."""
         import torch
 
         if max_batch_rows < 2:
@@ -103,55 +111,58 @@ class TransformersEngine(Engine):
         source = iter(groups)
         self._drained = False
         active: list[_Active] = []
-        batch = _Batch.empty()
+        priv, pub = _Batch.empty(), _Batch.empty()
         self._raw_tokens = 0
-        row_tokens: torch.Tensor | None = None  # raw mode: each row's own next token
 
         with torch.inference_mode():
             while True:
-                # Admit waiting groups while their rows fit (at least one group if the batch is empty).
+                # Admit waiting groups while their worst-case rows fit (public: a group counts as
+                # its row slots + 1, however many rows it really has).
                 new: list[_Active] = []
-                rows_free = max_batch_rows - batch.rows
+                rows_free = max_batch_rows - sum(g.req.admit_rows for g in active)
                 while (req := self._peek(waiting, source, max_batch_rows)) is not None:
                     if selector is not None and selector.halted(req.group_id):
                         waiting.popleft()  # halted (cancelled) while waiting for room: never admitted
                         yield GroupResult(req.group_id, (), "", "halted")
                         continue
-                    need = req.n_rows
+                    need = req.admit_rows
                     if need > rows_free:
                         break
                     new.append(_Active(waiting.popleft()))
                     rows_free -= need
                 if new:
-                    batch = batch.merge(self._prefill(new))
+                    priv = priv.merge(self._prefill([list(r) for g in new for r in g.req.rows]))
+                    pub = pub.merge(self._prefill([list(g.req.public) for g in new]))
                     active.extend(new)
                 if not active:
                     if self._drained and not waiting:
                         return
                     continue  # a live source had nothing to admit (it blocks while we are idle)
-                self._stats.max_batch_rows_seen = max(self._stats.max_batch_rows_seen, batch.rows)
+                self._stats.max_batch_rows_seen = max(self._stats.max_batch_rows_seen, priv.rows + pub.rows)
 
                 # Choose: one token per group (selector), or one per row (raw benchmark).
-                logits = batch.logits
-                if selector is None:  # inverse-CDF sampling: ~15x cheaper than multinomial at 49k tokens
-                    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
-                    u = torch.rand((cdf.shape[0], 1), generator=rng, device=cdf.device) * cdf[:, -1:]
-                    row_tokens = torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
+                if selector is None:
+                    own_priv, own_pub = _sample_rows(priv.logits, rng), _sample_rows(pub.logits, rng)
                     chosen = None
                 else:
-                    chosen = self._select(active, batch, selector)
+                    chosen = self._select(active, priv, pub, selector)
 
                 # Append, decide who stops, drop finished groups' rows.
-                keep_rows: list[int] = []
+                keep_priv: list[int] = []
+                keep_pub: list[int] = []
+                next_priv: list[int] = []
+                next_pub: list[int] = []
                 still: list[_Active] = []
                 start = 0
                 for gi, g in enumerate(active):
-                    n = g.req.n_rows
+                    n = len(g.req.rows)
                     if selector is None:
-                        tok = int(row_tokens[start + n - 1])
-                        self._raw_tokens += n
+                        tok = int(own_pub[gi])
+                        self._raw_tokens += n + 1
+                        row_next = [int(t) for t in own_priv[start : start + n]] if n else []
                     else:
                         tok = int(chosen[gi])  # -1: the group was found out of step
+                        row_next = [tok] * n
                     if tok == _HALTED:
                         reason = "halted"
                     elif tok < 0:
@@ -160,7 +171,10 @@ class TransformersEngine(Engine):
                         g.tokens.append(tok)
                         reason = self._stop_reason(g, selector)
                     if reason is None:
-                        keep_rows.extend(range(start, start + n))
+                        keep_priv.extend(range(start, start + n))
+                        keep_pub.append(gi)
+                        next_priv.extend(row_next)
+                        next_pub.append(tok)
                         still.append(g)
                     else:
                         if selector is not None:
@@ -168,27 +182,28 @@ class TransformersEngine(Engine):
                         self._stats.groups_finished += 1
                         yield self._result(g, reason)
                     start += n
-                if selector is None:
-                    next_ids = row_tokens
-                else:
-                    next_ids = torch.tensor(
-                        [t for gi, g in enumerate(active) for t in [int(chosen[gi])] * g.req.n_rows], device=self.device
-                    )
-                if len(keep_rows) < batch.rows:
-                    idx = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
-                    batch = batch.select(idx)
-                    next_ids = next_ids[idx]
                 active = still
                 if not active:
-                    batch = _Batch.empty()
+                    priv, pub = _Batch.empty(), _Batch.empty()
                     continue
-                batch = self._decode_step(batch, next_ids)
+                priv = self._advance(priv, keep_priv, next_priv)
+                pub = self._advance(pub, keep_pub, next_pub)
 
-    def _select(self, active: list[_Active], batch: _Batch, selector: Selector) -> np.ndarray:
+    def _advance(self, batch: _Batch, keep: list[int], next_ids: list[int]) -> _Batch:
+        """Keep the rows still decoding and feed each its next token (one forward)."""
+        import torch
+
+        if not keep:
+            return _Batch.empty()
+        if len(keep) < batch.rows:
+            batch = batch.select(torch.tensor(keep, dtype=torch.long, device=self.device))
+        return self._decode_step(batch, torch.tensor(next_ids, device=self.device))
+
+    def _select(self, active: list[_Active], priv: _Batch, pub: _Batch, selector: Selector) -> np.ndarray:
         """Hand every group's block to the selector; -1 marks a group found out of step, _HALTED
         one its selector halted before this step."""
-        steps = batch.steps
-        logits = batch.logits.float().cpu().numpy() if batch.logits.device.type != "cpu" else batch.logits.numpy()
+        private = _host(priv.logits)
+        public = _host(pub.logits)
         private_idx: list[int] = []
         public_idx: list[int] = []
         sizes: list[int] = []
@@ -197,20 +212,21 @@ class TransformersEngine(Engine):
         out = np.full(len(active), -1, dtype=np.int64)
         start = 0
         for gi, g in enumerate(active):
-            n = g.req.n_rows
-            if not np.all(steps[start : start + n] == g.step):
+            n = len(g.req.rows)
+            if not (np.all(priv.steps[start : start + n] == g.step) and pub.steps[gi] == g.step):
                 self._stats.out_of_step += 1  # never aggregated: the group ends, counted
             elif selector.halted(g.req.group_id):
                 out[gi] = _HALTED  # cancelled before this step: ends without selecting again
             else:
-                private_idx.extend(range(start, start + n - 1))
-                public_idx.append(start + n - 1)
-                sizes.append(n - 1)
+                private_idx.extend(range(start, start + n))
+                public_idx.append(gi)
+                sizes.append(n)
                 ids.append(g.req.group_id)
                 where.append(gi)
             start += n
         if ids:
-            tokens = selector.select(ids, logits[private_idx], np.asarray(sizes), logits[public_idx])
+            rows = private[private_idx] if private is not None else np.zeros((0, public.shape[1]), dtype=np.float32)
+            tokens = selector.select(ids, rows, np.asarray(sizes), public[public_idx])
             out[where] = tokens
         return out
 
@@ -229,8 +245,9 @@ class TransformersEngine(Engine):
     def _result(self, g: _Active, reason: str) -> GroupResult:
         return self.tokens.result(g.req.group_id, g.tokens, reason, g.req.stop)
 
-    def _prefill(self, groups: list[_Active]) -> _Batch:
-        """Prefill the new groups' rows: their common prefix once, then each row's own suffix.
+    def _prefill(self, in_order: list[list[int]]) -> _Batch:
+        """Prefill rows (one batch's kind: private rows, or public rows): their common prefix
+        once, then each row's own suffix.
 
         Rows built from one template share its start (system prompt, instruction); that prefix
         is computed once and its KV cache expanded to every row, the suffixes are left-padded
@@ -240,7 +257,8 @@ class TransformersEngine(Engine):
         import torch
         from transformers import DynamicCache
 
-        in_order = [list(r) for g in groups for r in (*g.req.rows, g.req.public)]
+        if not in_order:
+            return _Batch.empty()
         # chunks of similar lengths pad less; the rows go back to group order at the end
         order = sorted(range(len(in_order)), key=lambda i: len(in_order[i]))
         prompts = [in_order[i] for i in order]
@@ -295,6 +313,25 @@ class TransformersEngine(Engine):
         return _Batch(batch.cache, mask, batch.next_pos + 1, out.logits[:, -1, :].float(), batch.steps + 1)
 
 
+def _host(logits) -> np.ndarray | None:
+    """A batch's logits as a float32 numpy array on the host (None for an empty batch)."""
+    if logits is None:
+        return None
+    return logits.float().cpu().numpy() if logits.device.type != "cpu" else logits.numpy()
+
+
+def _sample_rows(logits, rng):
+    """Raw benchmark: each row samples its own token (inverse-CDF: ~15x cheaper than
+    multinomial at 49k tokens). None for an empty batch."""
+    import torch
+
+    if logits is None:
+        return None
+    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+    u = torch.rand((cdf.shape[0], 1), generator=rng, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
+
+
 def _common_prefix(prompts: list[list[int]]) -> int:
     """Length of the longest common prefix, leaving every prompt at least one token of its own
     (its last token's logits start the decoding)."""
@@ -337,6 +374,8 @@ class _Batch:
 
         if self.rows == 0:
             return other
+        if other.rows == 0:
+            return self
         la, lb = self.mask.shape[1], other.mask.shape[1]
         width = max(la, lb)
         layers = []

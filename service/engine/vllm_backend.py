@@ -6,16 +6,19 @@ What vLLM needs for that, and what this module enforces:
 - In-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0): the processor must reach this
   object's selector, and in the multi-process layout a group's rows trickle in apart.
 - A group's rows are admitted together and prefilled in one step: we admit groups ourselves,
-  only while their prompt tokens plus one token per running row fit max_num_batched_tokens and
-  their rows fit max_num_seqs, so no row is chunk-prefilled or preempted.
+  by their public worst case (row slots x per-row token cap), only while that fits
+  max_num_batched_tokens, max_num_seqs and the KV cache, so no row is chunk-prefilled or
+  preempted, and which groups share a step never depends on private prompt lengths.
 - A group found out of step (rows missing from a step, or at different lengths) is never
   aggregated: its rows are forced to end, it is counted, and it ends as "out_of_step".
 - No per-request seeds, no logit_bias/min_tokens/allowed_token_ids/bad words (applied before
   custom processors), no logprobs (they would be the private distribution).
 - The V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0): the V2 runner rejects V1 processors.
 - float32 on CPU (bf16 without AVX-512 falls back to slow kernels); dtype "auto" on CUDA.
-- Prefix caching shares the template prefix across rows; a cache salt per tenant keeps one
-  tenant's timing from telling anything about another's prompts.
+- Prefix caching shares the template prefix across rows. Every request carries its group's
+  cache_salt (a keyed hash of tenant and dataset, set by the job): vLLM only reuses cached
+  blocks of requests with the same salt, so one tenant's prefill timing says nothing about
+  another tenant's (or dataset's) prompts.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def _environment(cache_dir: Path, threads: int | None) -> None:
     os.environ.setdefault("VLLM_RPC_BASE_PATH", str(cache_dir / "rpc"))
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     (cache_dir / "rpc").mkdir(parents=True, exist_ok=True)
@@ -82,22 +86,29 @@ class VllmEngine(Engine):
 
         _environment(default_cache_dir(), threads or default_threads())
         import torch
+
+        cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+        if cuda:
+            # The public row shares vLLM's batch with the private rows. On CUDA, kernels may change
+            # their reduction order with the batch's shape, so ask for vLLM's batch-invariant
+            # kernels; the CPU kernels give bitwise-equal public rows without it (test_contract).
+            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
         from vllm import EngineArgs, LLMEngine
 
         from .vllm_processor import COORDINATORS, LockStepLogitsProcessor
 
-        cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
         self.device = "cuda" if cuda else "cpu"
         self.model_path = str(model_path)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.cache_salt = cache_salt
+        self.cache_salt = cache_salt  # the default salt of requests that carry none (benchmarks)
+        self.max_model_len = 4096
         args = EngineArgs(
             model=self.model_path,
             dtype="auto" if cuda else "float32",
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
-            max_model_len=4096,
+            max_model_len=self.max_model_len,
             enable_prefix_caching=True,
             logits_processors=[LockStepLogitsProcessor],
             generation_config="vllm",  # never a model folder's sampling defaults
@@ -111,11 +122,39 @@ class VllmEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         self.tokens = ChatTokens(self.tokenizer)
         self._vocab = int(self.llm.model_config.get_vocab_size())
+        self.kv_tokens = self._kv_capacity()
         self._stats = EngineStats()
         self._key = next(_KEYS)
         self._coordinators = COORDINATORS
         self._selector: Selector | None = None
         self._groups: dict[int, _Group] = {}
+
+    def _kv_capacity(self) -> int | None:
+        """Tokens the KV cache holds (blocks x block size), or None if vLLM does not say."""
+        cache = getattr(getattr(self.llm, "vllm_config", None), "cache_config", None)
+        blocks = getattr(cache, "num_gpu_blocks", None)
+        size = getattr(cache, "block_size", None)
+        return int(blocks) * int(size) if blocks and size else None
+
+    def capacity_problems(self, max_rows: int, max_row_tokens: int, public_tokens: int, max_tokens: int,
+                          max_batch_rows: int) -> list[str]:
+        problems = super().capacity_problems(max_rows, max_row_tokens, public_tokens, max_tokens, max_batch_rows)
+        prompt = max_rows * max_row_tokens + public_tokens
+        if prompt > self.max_num_batched_tokens:
+            problems.append(f"a group's worst-case prompt ({max_rows} row slots x max_row_tokens {max_row_tokens} + "
+                            f"{public_tokens} public) = {prompt} tokens is over the {self.max_num_batched_tokens} tokens "
+                            "vLLM prefills in one step (max_num_batched_tokens)")
+        if max_rows + 1 > self.max_num_seqs:
+            problems.append(f"a group's {max_rows + 1} rows are over vLLM's max_num_seqs {self.max_num_seqs}")
+        kv = (max_rows + 1) * (max_row_tokens + max_tokens)
+        if self.kv_tokens is not None and kv > self.kv_tokens:
+            problems.append(f"a group's worst case needs {kv} tokens of KV cache, over the {self.kv_tokens} this engine has")
+        return problems
+
+    @staticmethod
+    def _kv_need(req: GroupRequest) -> int:
+        """The group's worst-case KV tokens (public when its bounds are set)."""
+        return req.admit_prompt_tokens + req.admit_rows * req.max_tokens
 
     # -- Engine API -----------------------------------------------------------------------
 
@@ -149,10 +188,11 @@ class VllmEngine(Engine):
             extra_args={"privtext": {"engine": self._key, "group": req.group_id, "row": row}} if private else None,
         )
 
-    def _prompt(self, ids: Sequence[int]) -> dict:
+    def _prompt(self, ids: Sequence[int], salt: str | None = None) -> dict:
         p: dict = {"prompt_token_ids": list(ids)}
-        if self.cache_salt:
-            p["cache_salt"] = self.cache_salt
+        salt = salt or self.cache_salt
+        if salt:
+            p["cache_salt"] = salt
         return p
 
     def _loop(self, groups: Iterable[GroupRequest], max_batch_rows: int, private: bool) -> Iterator[GroupResult]:
@@ -164,32 +204,36 @@ class VllmEngine(Engine):
         by_request: dict[str, _Group] = {}
         self._groups = {}
         self._raw_tokens: dict[int, int] = {}
-        running_rows = 0
+        running_rows = 0  # worst-case rows of the admitted groups (public when bounds are set)
+        running_kv = 0  # their worst-case KV tokens
         limit_rows = min(max_batch_rows, self.max_num_seqs)
         run_id = next(_KEYS)
         while True:
-            # Admit whole groups while their rows fit and their prompts prefill in one step.
+            # Admit whole groups while their worst case fits: rows, one step's prefill, KV cache.
             budget = self.max_num_batched_tokens - running_rows
             while (req := self._peek(waiting, source, limit_rows)) is not None:
                 if private and self._selector is not None and self._selector.halted(req.group_id):
                     waiting.popleft()  # halted (cancelled) while waiting for room: never admitted
                     yield GroupResult(req.group_id, (), "", "halted")
                     continue
-                tokens = sum(len(r) for r in (*req.rows, req.public))
+                tokens = req.admit_prompt_tokens
+                kv = self._kv_need(req)
                 if tokens > self.max_num_batched_tokens:
                     raise EngineError(f"group {req.group_id} has {tokens} prompt tokens, over max_num_batched_tokens {self.max_num_batched_tokens}")
-                if running_rows + req.n_rows > limit_rows or tokens > budget:
+                kv_full = self.kv_tokens is not None and running_kv + kv > self.kv_tokens and running_rows > 0
+                if running_rows + req.admit_rows > limit_rows or tokens > budget or kv_full:
                     break
                 waiting.popleft()
                 budget -= tokens
-                running_rows += req.n_rows
+                running_rows += req.admit_rows
+                running_kv += kv
                 ids = [f"{run_id}-{req.group_id}-{i}" for i in range(req.n_rows)]
                 g = _Group(req, ids)
                 self._groups[req.group_id] = g
                 for i, (rid, prompt) in enumerate(zip(ids, (*req.rows, req.public))):
                     by_request[rid] = g
-                    self.llm.add_request(rid, self._prompt(prompt), self._params(req, i if i < len(req.rows) else -1, private))
-                self._stats.prompt_tokens += tokens
+                    self.llm.add_request(rid, self._prompt(prompt, req.cache_salt), self._params(req, i if i < len(req.rows) else -1, private))
+                self._stats.prompt_tokens += sum(len(r) for r in (*req.rows, req.public))
             if not self.llm.has_unfinished_requests():
                 if waiting or not self._drained:
                     continue  # a live source had nothing to admit (it blocks while we are idle)
@@ -201,6 +245,8 @@ class VllmEngine(Engine):
                 g = by_request.get(out.request_id)
                 if g is None or not out.finished:
                     continue
+                # prefix-cache hits, summed in-process only (the salt test reads it; never reported)
+                self._stats.extra["cached_prompt_tokens"] = self._stats.extra.get("cached_prompt_tokens", 0) + (out.num_cached_tokens or 0)
                 comp = out.outputs[0]
                 g.outputs[out.request_id] = list(comp.token_ids)
                 g.reasons[out.request_id] = comp.finish_reason or "length"
@@ -209,7 +255,8 @@ class VllmEngine(Engine):
                     continue
                 for rid in g.request_ids:
                     by_request.pop(rid, None)
-                running_rows -= g.req.n_rows
+                running_rows -= g.req.admit_rows
+                running_kv -= self._kv_need(g.req)
                 del self._groups[g.req.group_id]
                 self._stats.groups_finished += 1
                 result = self._finish(g, private)

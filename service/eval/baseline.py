@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mechanisms import DecodingConfig
+from mechanisms import DecodingConfig, JobRandomness
 from mechanisms.select import candidate_sets
 
 from ..generation.selector import MechanismSelector
@@ -22,8 +22,8 @@ from ..generation.selector import MechanismSelector
 class NonPrivateSelector(MechanismSelector):
     """softmax(mean_i z_i / tau) over the public top-k (amin's and gaussian's candidate set)."""
 
-    def __init__(self, cfg: DecodingConfig, rng: np.random.Generator):
-        super().__init__(cfg, rng)
+    def __init__(self, cfg: DecodingConfig, randomness: JobRandomness):
+        super().__init__(cfg, randomness)
         self._candidates = dataclasses.replace(cfg, mechanism="amin", gate=None)
 
     def select(self, group_ids: Sequence[int], private_logits: np.ndarray, group_sizes: np.ndarray, public_logits: np.ndarray) -> np.ndarray:
@@ -31,12 +31,12 @@ class NonPrivateSelector(MechanismSelector):
         ids, _ = candidate_sets(public_logits, self._candidates)
         out = np.empty(len(group_ids), dtype=np.int64)
         start = 0
-        for g, n in enumerate(np.asarray(group_sizes).tolist()):
+        for g, (gid, n) in enumerate(zip(group_ids, np.asarray(group_sizes).tolist())):
             rows = np.asarray(private_logits[start : start + n], dtype=np.float64)
             start += n
             mean = rows.mean(axis=0) if n else public_logits[g]  # a group with no rows: the public row
             scores = mean[ids[g]] / self.cfg.temperature
-            out[g] = ids[g][np.argmax(scores + self.rng.gumbel(size=scores.shape))]
+            out[g] = ids[g][np.argmax(scores + self.stream(gid).gumbel(size=scores.shape))]
             self.private_tokens += 1
         return out
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mechanisms import DecodingConfig
+from mechanisms import DecodingConfig, JobRandomness
 from mechanisms.select import candidate_sets
 
 from ..generation.selector import MechanismSelector
@@ -34,8 +34,8 @@ from .runner import SETUPS, EvalSettings, _write_jsonl, dataset_split, generate_
 class CandidateProbe(MechanismSelector):
     """The real mechanism, plus per-step counts of its candidate set (public values only)."""
 
-    def __init__(self, cfg: DecodingConfig, rng: np.random.Generator):
-        super().__init__(cfg, rng)
+    def __init__(self, cfg: DecodingConfig, randomness: JobRandomness):
+        super().__init__(cfg, randomness)
         self.sizes: list[int] = []  # top-k+ (or top-k) size at every step of every group
         self.outside: list[bool] = []  # emitted token not in the public top-k, every step
         self.groups_outside: dict[int, bool] = {}  # group -> emitted one such token at least once
@@ -88,8 +88,8 @@ def measure(dataset: str, epsilons: Sequence[float], out: Path, records: int = 3
             engine = load_engine("transformers", progress=say)
         probes: list[CandidateProbe] = []
 
-        def probe_for(p, rng):
-            probes.append(CandidateProbe(p.config, rng))
+        def probe_for(p, randomness):
+            probes.append(CandidateProbe(p.config, randomness))
             return probes[-1]
 
         report = generate_cell(dataset, data, s, eps, "em", folder, engine, say, False, selector_for=probe_for)

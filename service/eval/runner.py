@@ -192,7 +192,7 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
         top_k_plus=s.top_k_plus, template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
     )
     if no_privacy:
-        selector_for = lambda p, rng: NonPrivateSelector(p.config, rng)  # noqa: E731
+        selector_for = lambda p, randomness: NonPrivateSelector(p.config, randomness)  # noqa: E731
     return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
 
 

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -61,7 +62,11 @@ class Corpus:
         return f"Corpus(records={len(self.records)}, bad={len(self.bad)}, units={len(self.units())})"
 
     def units(self) -> dict[str, list[Record]]:
-        """Unit key -> its records, in file order."""
+        """Unit key -> its records, in file order (built once per Corpus; do not mutate)."""
+        return self._units
+
+    @cached_property
+    def _units(self) -> dict[str, list[Record]]:
         out: dict[str, list[Record]] = {}
         for r in self.records:
             out.setdefault(r.unit, []).append(r)

@@ -16,25 +16,28 @@ once, so nothing is spent twice).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from mechanisms import Plan, count_event, dp_count, dp_histogram, plan
+from mechanisms import JobRandomness, Plan, count_event, dp_count, dp_histogram, plan
+from mechanisms.accounting import epsilon_of
 
 from ..engine.interface import Engine, GroupRequest, GroupResult
-from ..generation.corpus import Corpus, corpus_from_rows
+from ..generation.corpus import Corpus
 from ..generation.prompts import Template
 from ..generation.selector import MechanismSelector
-from ..store.interface import Conflict, DatasetInfo, JobInfo, NotFound, Store
+from ..store.interface import UNFINISHED_JOB_STATES, Conflict, DatasetInfo, JobInfo, NotFound, Store, describe_internal
 from .generate import JobRequest, decode_records, label_units, strata_from
+from .capacity import check_capacity
+from .corpora import CORPORA
 from .records import OutRecord, RecordFilter
 from .scheduler import EngineScheduler, Ticket
 
@@ -52,6 +55,8 @@ class Prepared:
     corpus: Corpus
     secret: bytes  # the dataset's partition secret
     ledger_id: int
+    randomness: JobRandomness  # this request's own nonce; never shared with another release
+    cache_salt: str  # the engine's prefix cache is shared only within one tenant's dataset
 
     @property
     def labels(self) -> list[str] | None:
@@ -87,51 +92,95 @@ def _counts(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, c
 
 
 def _corpus(store: Store, tenant: str, info: DatasetInfo) -> Corpus:
-    return corpus_from_rows(store.read_records(tenant, info.id), info.text_field, info.label_field, info.unit_field)
+    return CORPORA.get(store, tenant, info)
 
 
 def _plan(store: Store, tenant: str, info: DatasetInfo, request: JobRequest, units: int, source: str, strata, check: bool) -> Plan:
+    """The plan, checked (check=True) against the ledger's composed cost: one row, whatever
+    the ledger's length, so a long ledger never slows a request."""
     return plan(
         units=units, records=request.records, max_tokens=request.max_tokens, delta=info.delta,
         epsilon=request.epsilon, config=request.decoding_config(), units_source=source,
-        ledger=store.ledger(tenant, info.id) if check else None, strata=strata,
+        ledger=store.composed_ledger(tenant, info.id) if check else None, strata=strata,
     )
 
 
-def prepare(store: Store, tenant: str, dataset_id: str, request: JobRequest, label: str, count_noise: float) -> Prepared:
-    """Count (once per dataset), plan, reserve. Raises NotFound, ValueError (bad request),
-    mechanisms.CalibrationError, BudgetExceeded / BudgetExhausted (over the cap)."""
+SEED_REFUSED = (
+    "seed: the server does not accept a seed; every request draws fresh randomness, because two releases "
+    "that share noise are not covered by the ledger's accounting (leave seed unset)"
+)
+
+
+def failure_message(e: BaseException) -> str:
+    """What a failed job says: a bad request's own message, a store failure's cause (database
+    messages name files and constraints, never records), else a generic line (an engine's
+    message may name a group's shape, which depends on private data)."""
+    if isinstance(e, (ValueError, NotFound)):
+        return str(e)
+    told = describe_internal(e)
+    if told != type(e).__name__:
+        return f"the store failed while running this job ({told}); records already stored are kept"
+    return "generation failed on the server; the server log has the error type"
+
+
+def reserved(store: Store, job: JobInfo) -> tuple[int, float]:
+    """(records requested, epsilon reserved) of a job, from its one ledger entry."""
+    records = JobRequest.model_validate_json(job.request_json).records
+    if job.ledger_id is None:
+        return records, 0.0
+    row = store.ledger_row(job.tenant, job.dataset_id, job.ledger_id)
+    return records, epsilon_of(row.events, store.get_dataset(job.tenant, job.dataset_id).delta)
+
+
+def cache_salt(server_secret: bytes, tenant: str, dataset_id: str) -> str:
+    """A keyed hash of (tenant, dataset): vLLM reuses cached prefixes only between requests with
+    the same salt, so no tenant can time a prefill to learn what another's prompts hold."""
+    return hmac.new(server_secret, json.dumps(["cache salt", tenant, dataset_id]).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def prepare(store: Store, tenant: str, dataset_id: str, request: JobRequest, label: str, count_noise: float,
+            server_secret: bytes, engine: Engine, batch_rows: int) -> Prepared:
+    """Count (once per dataset), plan, check the plan against the engine, reserve. Raises
+    NotFound, ValueError (bad request, a seed, a plan that cannot fit the engine),
+    mechanisms.CalibrationError, BudgetExceeded / BudgetExhausted (over the cap).
+
+    Every request gets a fresh nonce under the server's secret (mechanisms.randomness): a
+    client can neither choose nor repeat the noise of a release."""
+    if request.seed is not None:
+        raise ValueError(SEED_REFUSED)
     info = store.get_dataset(tenant, dataset_id)
     if request.wanted_labels() is not None and not info.label_field:
         raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")
+    template = Template.load(request.template, request.max_record_chars)
+    randomness = JobRandomness.fresh(server_secret)
     corpus = _corpus(store, tenant, info)
-    units, source, strata = _counts(store, tenant, info, request, corpus, count_noise, np.random.default_rng(secrets.randbits(128)))
+    units, source, strata = _counts(store, tenant, info, request, corpus, count_noise, randomness.stream("counts"))
     p = _plan(store, tenant, info, request, units, source, strata, check=True)
+    check_capacity(engine, p, template, request.wanted_labels(), request.max_row_tokens, batch_rows)
     row = store.reserve(tenant, dataset_id, label, p.events)
-    return Prepared(tenant, info, request, p, corpus, store.partition_secret(tenant, dataset_id), row.id)
+    return Prepared(tenant, info, request, p, corpus, store.partition_secret(tenant, dataset_id), row.id, randomness,
+                    cache_salt(server_secret, tenant, dataset_id))
 
 
-def reprepare(store: Store, job: JobInfo) -> Prepared:
-    """A resumed job's Prepared, from its stored request and counts; never charges anything and
-    refuses to go on unless the plan's events are exactly the ones its reservation paid for."""
+def reprepare(store: Store, job: JobInfo, server_secret: bytes) -> Prepared:
+    """A resumed job's Prepared, from its stored request, counts and nonce; never charges
+    anything and refuses to go on unless the plan's events are exactly the ones its reservation
+    paid for. Its groups draw from their own streams under the job's stored nonce; the started
+    ones are skipped, so no stream is used twice."""
     request = JobRequest.model_validate_json(job.request_json)
     info = store.get_dataset(job.tenant, job.dataset_id)
     corpus = _corpus(store, job.tenant, info)
     units, source, strata = _counts(store, job.tenant, info, request, corpus, None, None)
     p = _plan(store, job.tenant, info, request, units, source, strata, check=False)
-    paid = [r for r in store.ledger_rows(job.tenant, job.dataset_id) if r.id == job.ledger_id]
-    if not paid or tuple(paid[0].events) != tuple(p.events):
+    paid = store.ledger_row(job.tenant, job.dataset_id, job.ledger_id) if job.ledger_id is not None else None
+    if paid is None or tuple(paid.events) != tuple(p.events):
         raise RuntimeError("the resumed plan differs from the reservation that paid for it")
-    return Prepared(job.tenant, info, request, p, corpus, store.partition_secret(job.tenant, job.dataset_id), job.ledger_id)
-
-
-def mechanism_rng(seed: int | None, server_secret: bytes, dataset_id: str) -> np.random.Generator:
-    """Fresh randomness, or with a seed (testing) randomness reproducible on this server only:
-    the seed is mixed with the server's secret, so knowing it does not reveal the noise."""
-    if seed is None:
-        return np.random.default_rng(secrets.randbits(128))
-    digest = hmac.new(server_secret, f"mechanism {dataset_id} {seed}".encode(), hashlib.sha256).digest()
-    return np.random.default_rng(int.from_bytes(digest, "big"))
+    nonce = job.nonce
+    # A job stored before nonces were: a fresh nonce (its started groups are skipped, so the
+    # groups left have never drawn from any stream).
+    randomness = JobRandomness(server_secret, nonce) if nonce else JobRandomness.fresh(server_secret)
+    return Prepared(job.tenant, info, request, p, corpus, store.partition_secret(job.tenant, job.dataset_id), job.ledger_id,
+                    randomness, cache_salt(server_secret, job.tenant, job.dataset_id))
 
 
 class Admission:
@@ -154,12 +203,12 @@ class Admission:
             self.ticket.cancel()
 
 
-def decode(prep: Prepared, engine: Engine, admission: Admission, records: RecordFilter, rng: np.random.Generator,
+def decode(prep: Prepared, engine: Engine, admission: Admission, records: RecordFilter,
            skip: frozenset[int] = frozenset(), on_start: Callable[[int], None] | None = None) -> Iterator[OutRecord]:
-    selector = MechanismSelector(prep.plan.config, rng)
+    selector = MechanismSelector(prep.plan.config, prep.randomness)
     template = Template.load(prep.request.template, prep.request.max_record_chars)
     return decode_records(prep.request, prep.corpus, prep.plan, prep.secret, template, engine, admission, selector,
-                          records, skip=skip, on_start=on_start)
+                          records, skip=skip, on_start=on_start, cache_salt=prep.cache_salt)
 
 
 class JobRunner:
@@ -175,10 +224,12 @@ class JobRunner:
         self._threads: dict[str, threading.Thread] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._failed: dict[str, str] = {}  # job id -> failure the store could not record yet
         self.on_record = on_record
 
     def submit(self, prep: Prepared) -> JobInfo:
-        job_id = self.store.create_job(prep.tenant, prep.dataset.id, prep.request.model_dump_json(), prep.ledger_id)
+        job_id = self.store.create_job(prep.tenant, prep.dataset.id, prep.request.model_dump_json(), prep.ledger_id,
+                                       prep.randomness.nonce)
         self._start(job_id, prep)
         return self.store.get_job(job_id)
 
@@ -222,23 +273,40 @@ class JobRunner:
             try:
                 self._decode(job_id, prep)
             except Exception as e:
-                log.error("job %s failed: %s", job_id, type(e).__name__)
-                msg = str(e) if isinstance(e, (ValueError, NotFound)) else "generation failed on the server"
-                try:
-                    self.store.update_job(job_id, "failed", message=msg)
-                except Conflict:
-                    pass
+                log.error("job %s failed: %s", job_id, describe_internal(e))
+                self._fail(job_id, failure_message(e))
             finally:
                 with self._lock:
                     self._running.pop(job_id, None)
                     self._threads.pop(job_id, None)
+
+    def _fail(self, job_id: str, message: str) -> None:
+        """Mark a job failed. If the store cannot take even that (a full disk), the failure is
+        kept here and reported by get_job until a write succeeds: no job stays RUNNING forever."""
+        try:
+            self.store.update_job(job_id, "failed", message=message)
+            self._failed.pop(job_id, None)
+        except Conflict:
+            self._failed.pop(job_id, None)  # it ended (cancelled) meanwhile
+        except Exception as e:
+            log.error("job %s: could not record its failure (%s); reporting it from memory", job_id, describe_internal(e))
+            self._failed[job_id] = message
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> JobInfo:
+        """The stored job, or its failure if the store could not record it (retried here)."""
+        job = self.store.get_job(job_id, tenant)
+        message = self._failed.get(job_id)
+        if message is None or job.state not in UNFINISHED_JOB_STATES:
+            return job
+        self._fail(job_id, message)
+        return dataclasses.replace(job, state="failed", message=message) if job_id in self._failed else self.store.get_job(job_id, tenant)
 
     def _decode(self, job_id: str, prep: Prepared | None) -> None:
         job = self.store.get_job(job_id)
         if job.state not in ("queued", "running") or self._stopping.is_set():
             return
         if prep is None:
-            prep = reprepare(self.store, job)
+            prep = reprepare(self.store, job, self.server_secret)
         adm = Admission(self.scheduler, job_id)
         with self._lock:
             self._running[job_id] = adm
@@ -246,9 +314,11 @@ class JobRunner:
         started = frozenset(self.store.started_groups(job_id))
         records = RecordFilter(prep.request.pii)
         total = prep.plan.records
-        seq, done = job.results, len(started)
-        rng = mechanism_rng(prep.request.seed, self.server_secret, prep.dataset.id)
-        for rec in decode(prep, self.engine, adm, records, rng, skip=started,
+        seq, done = job.results, 0
+        # groups started by an earlier run and not decoded again (each group is decoded at most
+        # once): those whose record was not stored are lost to the interruption
+        unstored = max(len(started) - job.results, 0)
+        for rec in decode(prep, self.engine, adm, records, skip=started,
                           on_start=lambda g: self.store.mark_group_started(job_id, g)):
             done += 1
             if rec.released:
@@ -262,7 +332,11 @@ class JobRunner:
                 adm.cancel()  # cancelled by the client: stop admitting its groups
         if self._stopping.is_set():
             return  # shutting down: resumes on restart, skipping every started group
+        message = f"{seq} records; {done + len(started)} of {total} groups decoded"
+        if started:
+            message += (f"; resumed after an interruption: {len(started)} groups had started before it and were not "
+                        f"decoded again, {unstored} of them without a stored record (lost, or empty or dropped by the PII filter)")
         try:
-            self.store.update_job(job_id, "succeeded", progress=1.0, message=f"{seq} records; {done} of {total} groups decoded")
+            self.store.update_job(job_id, "succeeded", progress=1.0, message=message)
         except Conflict:
             pass  # cancelled meanwhile

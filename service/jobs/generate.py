@@ -8,6 +8,7 @@ report's epsilon is the planner's, the declared worst case, never a realised fig
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -21,26 +22,32 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mechanisms import DecodingConfig, GateConfig, Ledger, Plan, dp_count, dp_histogram, plan
+from mechanisms import DecodingConfig, GateConfig, JobRandomness, Ledger, Plan, dp_count, dp_histogram, plan
 
 from ..engine.interface import Engine, GroupRequest, GroupResult
 from ..generation.corpus import Corpus, read_corpus
 from ..generation.layout import group_requests, strata_of
 from ..generation.prompts import Template
 from ..generation.selector import MechanismSelector
+from .capacity import check_capacity
 from .records import OutRecord, RecordFilter
 
 
+SEEDED_NOTE = (
+    "reproducible on this machine only: the noise comes from the seed, this machine's local secret and the whole "
+    "request (corpus digest included); the same seed on any other request or corpus draws independent noise"
+)
+
 MECHANISM_FIELDS = (
     "mechanism", "partitions", "temperature", "top_k", "top_k_plus", "units_per_row", "gate_threshold", "gate_epsilon",
-    "gate_max_private", "clip", "noise_multiplier",
+    "gate_max_private", "clip", "noise_multiplier", "row_slots",
 )
 
 
 def decoding_config(
     mechanism: str, partitions: int, temperature: float, top_k: int | None, top_k_plus: bool, units_per_row: int,
     gate_threshold: float | None, gate_epsilon: float, gate_max_private: int,
-    clip: float | None = None, noise_multiplier: float | None = None,
+    clip: float | None = None, noise_multiplier: float | None = None, row_slots: int | None = None,
 ) -> DecodingConfig:
     """The DecodingConfig of flat settings (CLI flags, request fields); unset clip/noise keep
     DecodingConfig's defaults, to be solved from epsilon by the planner."""
@@ -49,7 +56,7 @@ def decoding_config(
         gate = GateConfig(threshold=gate_threshold, epsilon=gate_epsilon, max_private_tokens=gate_max_private)
     fixed = {k: v for k, v in (("clip", clip), ("noise_multiplier", noise_multiplier)) if v is not None}
     return DecodingConfig(mechanism=mechanism, partitions=partitions, temperature=temperature, top_k=top_k, top_k_plus=top_k_plus,
-                          units_per_row=units_per_row, gate=gate, **fixed)
+                          units_per_row=units_per_row, row_slots=row_slots, gate=gate, **fixed)
 
 
 class JobRequest(BaseModel):
@@ -69,6 +76,8 @@ class JobRequest(BaseModel):
     clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # fixed instead of solved
     noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     units_per_row: int = Field(default=1, ge=1, le=64)
+    row_slots: int | None = Field(default=None, ge=1, le=4096)  # M, the bound on a group's rows (None: 3N)
+    max_row_tokens: int = Field(default=512, ge=8, le=32768)  # every private row is cut to this many prompt tokens
     gate_threshold: float | None = Field(default=None, gt=0, lt=1)
     gate_epsilon: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     gate_max_private: int = Field(default=16, ge=1)
@@ -149,12 +158,33 @@ def _split_records(total: int, weights: dict[str, int]) -> dict[str, int]:
     return {l: int(n) for l, n in zip(labels, out)}
 
 
-def _randomness(seed: int | None) -> tuple[bytes, np.random.Generator]:
-    """The partition secret and the mechanism's generator. A seed makes both reproducible; the
-    guarantee then assumes the seed is kept as secret as the data."""
-    if seed is None:
-        return secrets.token_bytes(32), np.random.default_rng(secrets.randbits(128))
-    return hashlib.sha256(f"privtext-partition-{seed}".encode()).digest(), np.random.default_rng(seed)
+def local_secret(config_dir: Path | None = None) -> bytes:
+    """This machine's secret for seeded runs: derived from the user's data key (created on first
+    use in PRIVTEXT_CONFIG_DIR, default ~/.config/privtext, mode 0600), never from the seed alone."""
+    from ..store.crypto import load_or_create_key
+
+    where = config_dir or Path(os.environ.get("PRIVTEXT_CONFIG_DIR") or Path.home() / ".config" / "privtext")
+    key, _created = load_or_create_key(where)
+    return hmac.new(key, b"privtext local seeded runs", hashlib.sha256).digest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_randomness(spec: GenerateSpec) -> JobRandomness:
+    """A run's randomness. Unseeded: a fresh nonce under a fresh secret. Seeded: a nonce from
+    (local secret, seed, the whole request, the corpus's digest): reproducible on this machine
+    for exactly this release, independent for any other request or corpus, and unpredictable
+    from the seed alone (seeds such as 0, 1, 2 appear throughout the docs)."""
+    if spec.seed is None:
+        return JobRandomness.fresh(secrets.token_bytes(32))
+    release = spec.model_dump_json(exclude={"input", "out", "report", "seed"})
+    return JobRandomness.replay(local_secret(), spec.seed, release, file_digest(spec.input))
 
 
 def label_units(corpus: Corpus, labels: list[str]) -> dict[str, int]:
@@ -209,21 +239,25 @@ def decode_records(
     records: RecordFilter,
     skip: frozenset[int] = frozenset(),
     on_start: Callable[[int], None] | None = None,
+    cache_salt: str | None = None,
 ) -> Iterator[OutRecord]:
     """The decode loop every job shares: the plan's groups, round by round, each decoded by
     `run` (the engine directly, or the server's shared scheduler) and filtered into a record.
 
     skip: groups not to decode (a resumed job's already started ones). on_start(group id) runs
-    before a group reaches the engine (a server job records it durably there)."""
+    before a group reaches the engine (a server job claims it durably there) and returns whether
+    this run claimed it: a group claimed already is skipped. cache_salt: the
+    tenant's and dataset's key for the engine's prefix cache."""
     labels_of: dict[int, str | None] = {}
 
     def requests() -> Iterator[GroupRequest]:
         strata = strata_of(corpus, p, request.wanted_labels())
-        for req, label in group_requests(strata, p, secret, template, engine, request.max_records_per_unit, request.stop):
+        for req, label in group_requests(strata, p, secret, template, engine, request.max_records_per_unit, request.stop,
+                                         request.max_row_tokens, cache_salt):
             if req.group_id in skip:
                 continue
-            if on_start is not None:
-                on_start(req.group_id)
+            if on_start is not None and not on_start(req.group_id):
+                continue  # claimed already (by an earlier run of this job): never decoded twice
             labels_of[req.group_id] = label
             yield req
 
@@ -236,11 +270,11 @@ def run_generate(
     engine: Engine | None = None,
     progress: Callable[[str], None] | None = None,
     show_bar: bool = False,
-    selector_for: Callable[[Plan, np.random.Generator], MechanismSelector] | None = None,
+    selector_for: Callable[[Plan, JobRandomness], MechanismSelector] | None = None,
 ) -> dict:
     """Run a generation job end to end; returns the report (also written to spec.report).
 
-    selector_for(plan, rng) replaces the private mechanism. Only `privtext eval` passes it, for
+    selector_for(plan, randomness) replaces the private mechanism. Only `privtext eval` passes it, for
     its epsilon = infinity ceiling (service/eval/baseline.py); the report then says epsilon inf."""
     started = time.time()
     say = progress or (lambda _m: None)
@@ -249,15 +283,16 @@ def run_generate(
     say(f"read {len(corpus.records):,} records in {len(corpus.units()):,} units; {len(corpus.bad):,} bad rows"
         + "".join(f"\n  line {b.line}: {b.reason}" for b in corpus.bad[:10]) + ("\n  ..." if len(corpus.bad) > 10 else ""))
     template = Template.load(spec.template, spec.max_record_chars)  # a bad template fails before any count is drawn
-    secret, rng = _randomness(spec.seed)
-    p, _labels, notes = prepare(spec, corpus, rng)
+    randomness = run_randomness(spec)
+    p, _labels, notes = prepare(spec, corpus, randomness.stream("counts"))
     say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
     records = RecordFilter(spec.pii, say)
     if engine is None:
         from ..engine.loader import load_engine
 
         engine = load_engine(spec.engine, spec.model, progress=say)
-    selector = MechanismSelector(p.config, rng) if selector_for is None else selector_for(p, rng)
+    check_capacity(engine, p, template, spec.wanted_labels() if spec.label_field else None, spec.max_row_tokens, spec.batch_rows)
+    selector = MechanismSelector(p.config, randomness) if selector_for is None else selector_for(p, randomness)
 
     def run(groups: Iterator[GroupRequest], sel: MechanismSelector) -> Iterator[GroupResult]:
         return engine.run(groups, sel, max_batch_rows=spec.batch_rows)
@@ -266,7 +301,7 @@ def run_generate(
     spec.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(spec.out, "w", encoding="utf-8") as out:
-        for rec in decode_records(spec, corpus, p, secret, template, engine, run, selector, records):
+        for rec in decode_records(spec, corpus, p, randomness.derived_secret("partition"), template, engine, run, selector, records):
             if rec.released:
                 out.write(json.dumps(rec.to_json(bool(spec.label_field)), ensure_ascii=False) + "\n")
                 out.flush()  # a crash keeps every record already finished
@@ -305,7 +340,7 @@ def run_generate(
         "notes": {
             **notes,
             "epsilon": "planned worst case (max tokens for every record), charged in full before decoding",
-            **({"seed": "reproducible randomness: the guarantee assumes the seed stays as secret as the data"} if spec.seed is not None else {}),
+            **({"seed": SEEDED_NOTE} if spec.seed is not None else {}),
         },
         "plan": p.to_dict(),
     }

@@ -179,6 +179,10 @@ class EngineScheduler:
                 continue
             try:
                 req = next(t._groups)  # outside the lock: it may tokenize or write to the store
+                # A group that could never be admitted fails its own ticket here, not the
+                # engine (which would fail every tenant's groups in flight).
+                self.engine.validate(req)
+                self.engine.check_admissible(req, self.max_batch_rows)
             except StopIteration:
                 with self._cond:
                     t.exhausted = True

@@ -89,3 +89,44 @@ def test_rounds_needed():
     assert rounds_needed(200, 6) == 34
     with pytest.raises(ValueError, match="^records must be"):
         rounds_needed(0, 5)
+
+
+# Row slots: a public bound on a group's rows that keeps the sensitivity at one row.
+
+SLOT_SECRET = b"k" * 32
+
+
+def _rows(units: dict, groups: int, slots: int) -> list[set[str]]:
+    return [{r.units[0] for r in g} for g in build_groups(units, SLOT_SECRET, 0, groups, 8, 1, 4, row_slots=slots)]
+
+
+def test_no_group_has_more_rows_than_its_slots_however_many_units_land_there():
+    for n in (20, 60, 2000):  # one group holding every unit: a crowded group stays within its slots
+        units = {f"u{i}": [f"text {i}"] for i in range(n)}
+        for slots in (1, 8, 24):
+            assert len(_rows(units, 1, slots)[0]) <= slots
+    assert len(_rows({f"u{i}": ["t"] for i in range(20)}, 1, 24)[0]) >= 5  # a light group keeps most units
+
+
+@pytest.mark.parametrize("extra", [f"new{i}" for i in range(40)])
+def test_adding_a_unit_adds_or_removes_exactly_one_row_in_one_group_at_most(extra):
+    """Adjacency with row slots: D' = D + u differs from D by one row (u's own, or the one u
+    collides with), never two, so the sensitivity of the default layout stays one row."""
+    units = {f"u{i}": [f"text {i}"] for i in range(120)}
+    before = _rows(units, 5, 24)
+    after = _rows({**units, extra: ["x"]}, 5, 24)
+    changed = [(b, a) for b, a in zip(before, after) if b != a]
+    assert len(changed) <= 1
+    for b, a in changed:
+        assert len(b ^ a) == 1  # one row added (extra) or one removed (its slot-mate), never both
+        assert (a - b == {extra}) or (b - a and not a - b)
+
+
+def test_row_slots_default_to_three_partitions_and_the_few_shot_layout_has_n():
+    from mechanisms import DecodingConfig
+
+    assert DecodingConfig(partitions=8).max_rows == 24
+    assert DecodingConfig(partitions=8, row_slots=10).max_rows == 10
+    assert DecodingConfig(partitions=8, units_per_row=2).max_rows == 8
+    with pytest.raises(ValueError, match="^row_slots must be unset with units_per_row > 1"):
+        DecodingConfig(partitions=8, units_per_row=2, row_slots=4)

@@ -126,7 +126,6 @@ BAD_INPUTS = [
     (lambda p, q: (p[:, :-1], [2], q), "private_logits"),
     (lambda p, q: (p, [3], q), "group_sizes"),
     (lambda p, q: (p, [-1, 3], np.vstack([q, q])), "group_sizes"),
-    (lambda p, q: (np.where(np.eye(2, V, dtype=bool), np.nan, p), [2], q), "private_logits must be finite"),
     (lambda p, q: (p, [2], np.where(np.arange(V) == 3, np.inf, q)), "public_logits must be finite"),
     (lambda p, q: (p[0], [2], q), "private_logits"),
 ]
@@ -195,3 +194,54 @@ def test_gate_threshold_persists_through_below_answers_and_is_redrawn_after_abov
             assert state.noisy_threshold is None
     assert seen_below > 10 and seen_above > 10
     assert state.private_tokens + state.public_tokens == 60
+
+
+SECRET = b"privtext test secret"
+
+
+def _steps(private, sizes, public, cfg, nonce_seed, steps=6):
+    """Tokens of `steps` selections for every group, each group on its own stream."""
+    from mechanisms import JobRandomness
+
+    r = JobRandomness.replay(SECRET, nonce_seed)
+    rngs = [r.group(g) for g in range(len(sizes))]
+    states = [GroupState() for _ in sizes]
+    return [select_tokens(private, sizes, public, cfg, rngs, states).tolist() for _ in range(steps)]
+
+
+CONFIGS = [
+    DecodingConfig(mechanism="em", partitions=4, clip=2.0, top_k=20),
+    DecodingConfig(mechanism="em", partitions=4, clip=2.0, top_k=20, top_k_plus=False),
+    DecodingConfig(mechanism="amin", partitions=4, clip=2.0, top_k=20),
+    DecodingConfig(mechanism="gaussian", partitions=4, noise_multiplier=0.5, top_k=20),
+    DecodingConfig(mechanism="em", partitions=4, clip=2.0, top_k=20, gate=GateConfig(threshold=0.2, epsilon=1.0, max_private_tokens=50)),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mechanism}{'-gate' if c.gate else ''}{'' if c.top_k_plus else '-topk'}")
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_private_row_with_a_non_finite_logit_counts_as_absent(cfg, bad):
+    """One unit whose prompt drives the model to NaN/inf must not fail the step (its outcome
+    would then be decided by one unit): the row is treated exactly as if it were absent."""
+    private, public = logits(21, (5, V)), logits(22, (2, V))
+    poisoned = private.copy()
+    poisoned[1, 17] = bad  # group 0's second row
+    with_bad = _steps(poisoned, [3, 2], public, cfg, nonce_seed=5)
+    without = _steps(np.delete(private, 1, axis=0), [2, 2], public, cfg, nonce_seed=5)
+    assert with_bad == without
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mechanism}{'-gate' if c.gate else ''}{'' if c.top_k_plus else '-topk'}")
+def test_a_groups_draws_do_not_depend_on_the_groups_beside_it(cfg):
+    """Group 0 on its own stream picks the same tokens alone or batched beside groups whose
+    candidate sets are wider or narrower (top-k+ widths differ per group)."""
+    private, public = logits(31, (6, V)), logits(32, (3, V))
+    public[1] *= 0.2  # a flat public row: a wide top-k+ set
+    batched = _steps(private, [2, 2, 2], public, cfg, nonce_seed=9)
+    alone = _steps(private[:2], [2], public[:1], cfg, nonce_seed=9)
+    assert [t[0] for t in batched] == [t[0] for t in alone]
+
+
+def test_one_generator_per_group_is_checked():
+    with pytest.raises(ValueError, match="^rng must be one generator per group"):
+        select_tokens(logits(1, (2, V)), [1, 1], logits(2, (2, V)), DecodingConfig(), [np.random.default_rng(0)])

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mechanisms import DecodingConfig  # noqa: E402
+from mechanisms import DecodingConfig, JobRandomness  # noqa: E402
 from service.engine import loader  # noqa: E402
 from service.engine.interface import GroupRequest  # noqa: E402
 from service.generation.selector import MechanismSelector  # noqa: E402
@@ -95,7 +95,7 @@ class Spy:
 
 
 def selector(seed=0, **cfg):
-    return MechanismSelector(DecodingConfig(**({"mechanism": "em", "partitions": 4, "clip": 2.0, "top_k": 20} | cfg)), np.random.default_rng(seed))
+    return MechanismSelector(DecodingConfig(**({"mechanism": "em", "partitions": 4, "clip": 2.0, "top_k": 20} | cfg)), JobRandomness.replay(b"privtext test secret", seed))
 
 
 def test_lock_step_identical_rows_see_identical_logits(engine):
@@ -237,3 +237,87 @@ def test_tensor_parallel_setting_is_checked(monkeypatch):
     monkeypatch.setenv("PRIVTEXT_TENSOR_PARALLEL_SIZE", "zero")
     with pytest.raises(ValueError, match="PRIVTEXT_TENSOR_PARALLEL_SIZE must be an integer >= 1"):
         _vllm("/nonexistent")
+
+
+# Issue 21: the public row is public, admission follows public numbers, capacity is checked.
+
+FORCED = [" The", " message", " is", " short", "."]
+
+
+def _forced(engine, gid, steps):
+    """Force the group's tokens so that every run sees the same public history."""
+    ids = [engine.encode_chat("x")[-1]] * 0 + [int(engine.tokenizer.encode(t, add_special_tokens=False)[0]) for t in FORCED]
+    return {(gid, s): ids[s % len(ids)] for s in range(steps)}
+
+
+def _public_blocks(engine, groups, gid, steps):
+    spy = Spy(selector(seed=3), force=_forced(engine, gid, steps))
+    list(engine.run(groups, spy))
+    return [pub for _, pub in spy.blocks(gid)]
+
+
+def test_public_logits_are_bitwise_the_same_whatever_private_rows_share_the_batch(engine):
+    """Add, remove and change private rows of a group, and the rows of a group beside it: the
+    public row's logits (and so the public candidate set) are equal to the last bit. A flipped
+    near-tie in the public top-k would give a token probability zero under one neighbour."""
+    from mechanisms import candidate_sets
+
+    steps = 5
+    public = engine.encode_chat("Write one text message.")
+
+    def run(rows0, rows1):
+        g0 = GroupRequest(0, tuple(rows0), public, steps, ignore_eos=True, max_rows=4, max_row_tokens=256)
+        g1 = GroupRequest(1, tuple(rows1), public, steps, ignore_eos=True, max_rows=40, max_row_tokens=256)
+        return _public_blocks(engine, [g0, g1], 0, steps)
+
+    p = [prompt(engine, i, " and more" * i) for i in range(6)]
+    base = run(p[:2], p[2:4])
+    variants = {
+        "a unit added": run(p[:3], p[2:4]),
+        "a unit removed": run(p[:1], p[2:4]),
+        "a unit changed": run([p[0], p[5]], p[2:4]),
+        "no private rows": run([], p[2:4]),
+        "the group beside changed": run(p[:2], [p[4], p[5], p[0], p[1]]),
+        "a crowded group beside": run(p[:2], p * 6),
+    }
+    cfg = DecodingConfig(mechanism="em", partitions=4, clip=2.0, top_k=20)
+    for name, blocks in variants.items():
+        assert len(blocks) == len(base) == steps, name
+        for step, (a, b) in enumerate(zip(base, blocks)):
+            assert np.array_equal(a, b), f"{name}: public logits differ at step {step} (max {np.abs(a - b).max():.3g})"
+            ids_a, _ = candidate_sets(a[None, :].astype(np.float64), cfg)
+            ids_b, _ = candidate_sets(b[None, :].astype(np.float64), cfg)
+            assert np.array_equal(ids_a, ids_b), name
+
+
+def test_admission_follows_the_public_worst_case_not_the_actual_rows(engine):
+    """Groups are admitted as max_rows + 1 rows whatever rows they really have, so which
+    groups decode together is the same for a corpus and its neighbour."""
+
+    def co_batched(n_rows):
+        groups = [GroupRequest(g, tuple(prompt(engine, g + i) for i in range(n_rows[g])), engine.encode_chat("Write one."),
+                               3 + g % 2, ignore_eos=True, max_rows=3, max_row_tokens=256) for g in range(5)]
+        spy = Spy(selector())
+        list(engine.run(groups, spy, max_batch_rows=8))  # 8 // (3 + 1) = 2 groups at a time
+        return [tuple(ids) for ids, *_ in spy.calls]
+
+    full = co_batched([3, 3, 3, 3, 3])
+    assert max(len(c) for c in full) == 2
+    assert co_batched([1, 3, 0, 2, 1]) == full  # fewer actual rows: the same groups share each step
+
+
+def test_capacity_problems_name_the_numbers(engine):
+    ok = engine.capacity_problems(max_rows=24, max_row_tokens=256, public_tokens=40, max_tokens=64, max_batch_rows=160)
+    assert ok == []
+    bad = engine.capacity_problems(max_rows=200, max_row_tokens=engine.max_model_len, public_tokens=40, max_tokens=64,
+                                   max_batch_rows=160)
+    text = " ".join(bad)
+    assert f"max_row_tokens {engine.max_model_len} + max_tokens 64" in text
+    assert "201 rows are over the batch limit of 160 rows (batch_rows)" in text
+
+
+def test_a_row_over_its_declared_cap_is_refused_before_the_model(engine):
+    long = prompt(engine, 0, " and more" * 40)
+    req = GroupRequest(0, (long,), engine.encode_chat("Write one."), 3, max_rows=2, max_row_tokens=len(long) - 1)
+    with pytest.raises(ValueError, match="over its max_row_tokens"):
+        list(engine.run([req], selector()))

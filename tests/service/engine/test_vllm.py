@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from mechanisms import DecodingConfig  # noqa: E402
+from mechanisms import DecodingConfig, JobRandomness  # noqa: E402
 from service.engine import loader  # noqa: E402
 from service.engine.interface import GroupRequest  # noqa: E402
 from service.generation.selector import MechanismSelector  # noqa: E402
@@ -37,7 +37,7 @@ def test_row_admitted_a_step_late_is_out_of_step_and_never_aggregated(vllm_engin
     """Drive vLLM by hand the way a wrong admission would: two rows of group 7 start, the
     third joins one step later. The processor must refuse to aggregate group 7."""
     eng = vllm_engine
-    sel = CountingSelector(cfg(), np.random.default_rng(0))
+    sel = CountingSelector(cfg(), JobRandomness.replay(b"privtext test secret", 0))
     prompt = eng.encode_chat("Write one text message.")
     req = GroupRequest(7, (prompt, prompt), prompt, 6, ignore_eos=True)
     eng._selector = sel
@@ -72,6 +72,25 @@ def test_both_backends_same_tokens_for_the_same_seed(vllm_engine):
     ]
     # one group per run: the selector's draws then cannot depend on the order a backend lists groups in
     for g in groups:
-        (a,) = hf.run([g], MechanismSelector(cfg(), np.random.default_rng(3 + g.group_id)))
-        (b,) = vllm_engine.run([g], MechanismSelector(cfg(), np.random.default_rng(3 + g.group_id)))
+        (a,) = hf.run([g], MechanismSelector(cfg(), JobRandomness.replay(b"privtext test secret", 3 + g.group_id)))
+        (b,) = vllm_engine.run([g], MechanismSelector(cfg(), JobRandomness.replay(b"privtext test secret", 3 + g.group_id)))
         assert a.token_ids == b.token_ids and len(a.token_ids) == 8
+
+
+def test_the_prefix_cache_is_salted_per_tenant_and_dataset(vllm_engine):
+    """One tenant's request gets no prefix-cache hit from another's identical prompt; the same
+    tenant's (same salt) does. Without salts, prefill timing would tell a tenant whether another
+    tenant's private prompt is cached."""
+    eng = vllm_engine
+    rows = tuple(eng.encode_chat(f"A private record of tenant A number {i}, long enough to fill blocks. " * 40) for i in range(2))
+    public = eng.encode_chat("Write one text message.")
+
+    def cached(salt):
+        before = eng.stats.extra.get("cached_prompt_tokens", 0)
+        req = GroupRequest(0, rows, public, 2, ignore_eos=True, cache_salt=salt)
+        list(eng.run([req], MechanismSelector(cfg(), JobRandomness.replay(b"privtext test secret", 1))))
+        return eng.stats.extra.get("cached_prompt_tokens", 0) - before
+
+    cached("tenant-a")  # tenant A's prompts enter the cache
+    assert cached("tenant-b") == 0  # tenant B, identical prompts: no hit at all
+    assert cached("tenant-a") > 0  # tenant A again: its own cache is used

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mechanisms import DecodingConfig
+from mechanisms import DecodingConfig, JobRandomness
 from service.eval.baseline import NonPrivateSelector
 
 
 def _select(cfg, private, sizes, public, seed=0):
-    sel = NonPrivateSelector(cfg, np.random.default_rng(seed))
+    sel = NonPrivateSelector(cfg, JobRandomness.replay(b"privtext test secret", seed))
     return sel, sel.select(list(range(len(sizes))), np.asarray(private, float), np.asarray(sizes), np.asarray(public, float))
 
 
@@ -53,7 +53,7 @@ def test_samples_at_the_temperature():
     """Two tokens with mean logits 1 and 0 at tau = 1: P(first) = e / (1 + e) ~ 0.731."""
     private = np.array([[1.0, 0.0]] * 2)
     cfg = DecodingConfig(mechanism="em", partitions=2, top_k=None, temperature=1.0)
-    sel = NonPrivateSelector(cfg, np.random.default_rng(1))
+    sel = NonPrivateSelector(cfg, JobRandomness.replay(b"privtext test secret", 1))
     n = 20_000
     tokens = sel.select(list(range(n)), np.tile(private, (n, 1)), np.full(n, 2), np.zeros((n, 2)))
     assert abs(np.mean(tokens == 0) - np.e / (1 + np.e)) < 0.015

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechanisms import DecodingConfig
+from mechanisms import DecodingConfig, JobRandomness
 from service.eval.candidates import CandidateProbe, main, measure
 
 # public logits of 2 groups over 6 tokens; top-2 is {0, 1} in both
@@ -15,7 +15,7 @@ PUBLIC = np.array([[5.0, 4.9, 4.0, 3.5, 1.0, 0.0], [5.0, 4.9, -9.0, -9.0, -9.0, 
 @pytest.mark.parametrize(("clip", "plus", "sizes"), [(0.5, True, [3, 2]), (3.0, True, [6, 2]), (3.0, False, [2, 2])])
 def test_probe_counts_the_candidate_set_and_tokens_outside_the_public_top_k(clip, plus, sizes):
     cfg = DecodingConfig(mechanism="em", partitions=2, clip=clip, top_k=2, top_k_plus=plus)
-    probe = CandidateProbe(cfg, np.random.default_rng(0))
+    probe = CandidateProbe(cfg, JobRandomness.replay(b"privtext test secret", 0))
     private = PUBLIC.repeat(2, axis=0)  # 2 rows per group, rows of a group contiguous
     private[:2, 4] = 50.0  # group 0's rows both want token 4, outside the public top-2
     for _ in range(200):

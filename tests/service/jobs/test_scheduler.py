@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mechanisms import DecodingConfig  # noqa: E402
+from mechanisms import DecodingConfig, JobRandomness  # noqa: E402
 from service.engine.interface import GroupRequest  # noqa: E402
 from service.generation.selector import MechanismSelector  # noqa: E402
 from service.jobs.scheduler import EngineScheduler, SchedulerClosed  # noqa: E402
@@ -61,7 +61,7 @@ class Recording:
     """A real MechanismSelector that also records what the engine showed it and when."""
 
     def __init__(self, seed: int = 0):
-        self.inner = MechanismSelector(DecodingConfig(mechanism="em", partitions=4, clip=2.0, top_k=20), np.random.default_rng(seed))
+        self.inner = MechanismSelector(DecodingConfig(mechanism="em", partitions=4, clip=2.0, top_k=20), JobRandomness.replay(b"privtext test secret", seed))
         self.lock = threading.Lock()
         self.selected: list[list[int]] = []
         self.blocks: list[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]] = []
@@ -252,7 +252,7 @@ def _engine_rejects(engine):
     "source, error, match",
     [
         (_source_fails, ValueError, "the ticket's own source broke"),  # its own iterator raised
-        (_engine_rejects, RuntimeError, "the engine failed"),  # the engine refused its group
+        (_engine_rejects, ValueError, "max_tokens must be >= 1"),  # refused before the engine: its own ticket fails
     ],
     ids=["source-raises", "engine-rejects"],
 )
@@ -282,3 +282,15 @@ def test_close_refuses_new_tickets_and_ends_the_engine_thread(engine, scheduler,
         sched.open(iter([grp(engine, 0, "late")]), Recording(8))
     if t is not None:
         assert list(t.results(timeout=5)) == []  # cancelled: its 8 groups of 60 tokens were not run to the end
+
+
+def test_a_group_that_can_never_be_admitted_fails_its_own_ticket_only(engine, scheduler):
+    """A group over the batch limit used to raise inside the engine and fail every ticket in
+    flight, other tenants' included; it now fails its own ticket before reaching the engine."""
+    sched = scheduler(max_batch_rows=6)
+    ok = sched.open(iter([grp(engine, 0, "fine", private_rows=2, max_tokens=4)]), Recording(seed=1), "fine")
+    big = sched.open(iter([grp(engine, 0, "huge", private_rows=9)]), Recording(seed=2), "huge")
+    with pytest.raises(Exception, match="over max_batch_rows 6"):
+        list(big.results(timeout=300))
+    (res,) = list(ok.results(timeout=300))
+    assert len(res.token_ids) == 4

@@ -1,4 +1,5 @@
-"""Locust load test of the privtext gRPC service: each user runs `Generate` streams back to back.
+"""Locust load test of the privtext gRPC service: each user runs `Generate` streams back to back,
+and one more user (BudgetUser) polls GetBudget on the same dataset, as a dashboard would.
 
 Run it through `loadtest/run`, which starts a server, uploads a dataset and passes its id here;
 by hand: PRIVTEXT_LOADTEST_DATASET=ds_... locust -f loadtest/locustfile.py --host 127.0.0.1:50051.
@@ -13,6 +14,8 @@ Request events (type "grpc"):
   "Generate"               response_time = the whole stream (ms), response_length = its tokens
                            (the `tokens` of the records received: released records only)
   "Generate:first-record"  response_time = time to the first record (ms), response_length = 0
+  "GetBudget"              response_time = one GetBudget call (ms), every BUDGET_POLL_SECONDS,
+                           from the one BudgetUser (loadtest/run asks locust for --users + 1)
 A gRPC error fires "Generate" with exception= (and "Generate:first-record" only if a record came).
 loadtest/run passes --stop-timeout (streams running at the end of the run time finish and count)
 and --reset-stats, so "Generate" Requests/s x Average Content Size is tokens per second from the
@@ -36,10 +39,11 @@ import gevent  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
-from service.api.gen.privtext.v1 import generation_pb2_grpc  # noqa: E402
+from service.api.gen.privtext.v1 import datasets_pb2, datasets_pb2_grpc, generation_pb2_grpc  # noqa: E402
 from service.client import API_KEY_HEADER  # noqa: E402
 
 REQUEST_TYPE = "grpc"
+BUDGET_POLL_SECONDS = 1.0
 
 
 @events.test_stop.add_listener
@@ -87,3 +91,33 @@ class GenerateUser(User):
             self._fire("Generate", start, tokens, exception=err)
             return
         self._fire("Generate", start, tokens)
+
+
+class BudgetUser(User):
+    """Exactly one of these (fixed_count): GetBudget on the dataset once a second, while the
+    GenerateUsers keep the engine busy. Its latency says whether budget reads wait on decoding."""
+
+    fixed_count = 1
+    wait_time = constant(BUDGET_POLL_SECONDS)
+
+    def on_start(self) -> None:
+        self.request = datasets_pb2.GetBudgetRequest(id=os.environ["PRIVTEXT_LOADTEST_DATASET"])
+        key = os.environ.get("PRIVTEXT_API_KEY")
+        self.metadata = ((API_KEY_HEADER, key),) if key else None
+        self.channel = grpc.insecure_channel(self.host)
+        self.stub = datasets_pb2_grpc.DatasetsStub(self.channel)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def budget(self) -> None:
+        start = time.perf_counter()
+        exception = None
+        try:
+            self.stub.GetBudget(self.request, timeout=30, metadata=self.metadata)
+        except grpc.RpcError as err:
+            exception = err
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE, name="GetBudget", response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=0, exception=exception, context={})

@@ -1,8 +1,9 @@
 """API keys: tenants from the `x-api-key` metadata, checked by an interceptor.
 
 Keys are compared by their SHA-256 digest in constant time. A missing or wrong key gets
-UNAUTHENTICATED; health checks and reflection need none (they reveal no data). With no keys
-configured every caller is the single local tenant.
+UNAUTHENTICATED; health checks and reflection need none (they reveal no data). With no tenant
+configured every caller is the single local tenant; a tenant listed without keys never turns
+authentication off (settings refuse it, and here it only means nobody gets in as that tenant).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ def new_key() -> str:
 
 class ApiKeys:
     def __init__(self, api_keys: dict[str, list[str]]):
+        self._tenants = frozenset(api_keys)
         self._by_hash = {h: tenant for tenant, hashes in api_keys.items() for h in hashes}
 
     @property
     def single_tenant(self) -> bool:
-        return not self._by_hash
+        """No tenant configured (not: no key), so an empty key list never opens the server."""
+        return not self._tenants
 
     def tenant_of(self, metadata) -> str | None:
         """The tenant of a call's metadata, or None if its key is missing or unknown."""

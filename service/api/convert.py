@@ -3,9 +3,15 @@ in JobRequest); every error names the field and the limit."""
 
 from __future__ import annotations
 
+import functools
+import math
+import unicodedata
+from collections.abc import Iterable
+
 import grpc
 from google.protobuf import timestamp_pb2
 
+from mechanisms import PrivacyEvent
 from mechanisms.accounting import epsilon_of
 
 from ..jobs.generate import JobRequest
@@ -29,6 +35,82 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field)
 
 
+def _require(ok: bool, field: str, limit: str, got: str) -> None:
+    """The project's message, "FIELD must be LIMIT, got VALUE", as INVALID_ARGUMENT."""
+    if not ok:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field} must be {limit}, got {got}", field)
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A client's string as an error quotes it: never more than `limit` characters of it."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def _control_char(value: str) -> str | None:
+    """'U+000A at position 3' for the first control, format or separator character, else None."""
+    for i, ch in enumerate(value):
+        if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp"):
+            return f"U+{ord(ch):04X} at position {i}"
+    return None
+
+
+def check_id(value: str, field: str, s: ServerSettings) -> None:
+    """A dataset or job id: required and at most max_id_chars (never echoed whole)."""
+    _require(bool(value), field, "set", "''")
+    _require(len(value) <= s.max_id_chars, field, f"at most {s.max_id_chars} characters (max_id_chars)", f"{len(value)} characters")
+
+
+def _check_epsilon(value: float, field: str, s: ServerSettings) -> None:
+    _require(math.isfinite(value) and s.min_epsilon <= value <= s.max_epsilon, field,
+             f"in [{s.min_epsilon:g}, {s.max_epsilon:g}] (min_epsilon, max_epsilon)", repr(value))
+
+
+def _check_strings(values: Iterable[str], field: str, max_count: int, count_setting: str, max_chars: int, chars_setting: str) -> None:
+    """Each string non-empty and at most max_chars; at most max_count of them."""
+    values = list(values)
+    _require(len(values) <= max_count, field, f"at most {max_count} strings ({count_setting})", str(len(values)))
+    for i, v in enumerate(values):
+        _require(v != "", f"{field}[{i}]", "a non-empty string", "''")
+        _require(len(v) <= max_chars, f"{field}[{i}]", f"at most {max_chars} characters ({chars_setting})", _shown(v))
+
+
+def check_request_fields(m: generation_pb2.GenerateRequest, s: ServerSettings) -> None:
+    """Bounds on a GenerateRequest's free-form fields, all public settings, checked before any
+    charge. Labels are not checked against the dataset: which labels the private records hold
+    is private, so a request is charged for the labels it declares (see generation.proto)."""
+    check_id(m.dataset_id, "dataset_id", s)
+    _check_strings(m.labels, "labels", s.max_request_labels, "max_request_labels", s.max_label_chars, "max_label_chars")
+    _check_strings(m.label_counts, "label_counts", s.max_request_labels, "max_request_labels", s.max_label_chars, "max_label_chars")
+    _check_strings(m.stop, "stop", s.max_stop_strings, "max_stop_strings", s.max_stop_chars, "max_stop_chars")
+    if m.WhichOneof("budget") == "epsilon":
+        _check_epsilon(m.epsilon, "epsilon", s)
+    if m.settings.HasField("gate") and m.settings.gate.HasField("epsilon"):
+        _check_epsilon(m.settings.gate.epsilon, "settings.gate.epsilon", s)
+
+
+def _check_name(value: str, field: str, max_chars: int, setting: str) -> None:
+    _require(len(value) <= max_chars, field, f"at most {max_chars} characters ({setting})", f"{len(value)} characters")
+    bad = _control_char(value)
+    _require(bad is None, field, "free of control characters", bad or "")
+
+
+def dataset_spec(spec: datasets_pb2.DatasetSpec, s: ServerSettings) -> None:
+    """An upload's spec: name, fields, cap, delta, format, declared units, within public bounds."""
+    if not spec.name.strip():
+        raise _invalid("spec.name", "required")
+    _check_name(spec.name, "spec.name", s.max_name_chars, "max_name_chars")
+    for name in ("text_field", "label_field", "unit_field"):
+        _check_name(getattr(spec, name), f"spec.{name}", s.max_field_name_chars, "max_field_name_chars")
+    _check_epsilon(spec.epsilon_cap, "spec.epsilon_cap", s)
+    _require(s.min_delta <= spec.delta <= s.max_delta, "spec.delta", f"in [{s.min_delta:g}, {s.max_delta:g}] (min_delta, max_delta)", repr(spec.delta))
+    _require(spec.format in ("", "jsonl", "csv"), "spec.format", "jsonl or csv", _shown(spec.format))
+    if spec.HasField("declared_public_units"):
+        _require(spec.declared_public_units >= 1, "spec.declared_public_units", ">= 1", str(spec.declared_public_units))
+    names = [n for n in (spec.text_field or "text", spec.label_field, spec.unit_field) if n]
+    if len(set(names)) != len(names):
+        raise _invalid("spec", f"text_field, label_field and unit_field must be distinct, got {names}")
+
+
 def timestamp(t: float) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(t * 1e9))
@@ -37,8 +119,7 @@ def timestamp(t: float) -> timestamp_pb2.Timestamp:
 
 def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[str, JobRequest]:
     """(dataset id, JobRequest) of a GenerateRequest; ApiError or pydantic's ValidationError."""
-    if not m.dataset_id:
-        raise _invalid("dataset_id", "required")
+    check_request_fields(m, s)
     records = m.records or sum(m.label_counts.values())
     if not 1 <= records <= s.max_request_records:
         raise _invalid("records", f"must be in [1, {s.max_request_records}] (max_request_records), got {records}")
@@ -89,15 +170,25 @@ def dataset(info: DatasetInfo) -> datasets_pb2.Dataset:
     )
 
 
-def budget(b: dict, rows: list[LedgerRow]) -> datasets_pb2.Budget:
+@functools.lru_cache(maxsize=4096)
+def _entry_epsilon(events: tuple[PrivacyEvent, ...], delta: float) -> float:
+    """An entry's own epsilon; requests of one shape charge the same events, so it is cached."""
+    return epsilon_of(events, delta)
+
+
+def budget(b: dict) -> datasets_pb2.Budget:
+    """A store budget (with its recent_entries) as a message: the most recent entries only,
+    entries_total counting them all."""
+    rows: list[LedgerRow] = b["recent_entries"]
     entries = [
         datasets_pb2.LedgerEntry(
-            label=r.label, epsilon=epsilon_of(r.events, b["delta"]), created_at=timestamp(r.created_at),
+            label=r.label, epsilon=_entry_epsilon(tuple(r.events), b["delta"]), created_at=timestamp(r.created_at),
             events=[datasets_pb2.Event(kind=e.kind, parameter=e.parameter, count=e.count, note=e.note) for e in r.events],
         )
         for r in rows
     ]
-    return datasets_pb2.Budget(epsilon_cap=b["cap"], spent=b["spent"], remaining=max(b["remaining"], 0.0), delta=b["delta"], entries=entries)
+    return datasets_pb2.Budget(epsilon_cap=b["cap"], spent=b["spent"], remaining=max(b["remaining"], 0.0), delta=b["delta"],
+                               entries=entries, entries_total=b["entries"])
 
 
 def record(index: int, rec: OutRecord) -> generation_pb2.SyntheticRecord:
@@ -118,5 +209,6 @@ def job(info: JobInfo, records_total: int, epsilon_reserved: float) -> generatio
     return generation_pb2.Job(
         id=info.id, dataset_id=info.dataset_id, state=JOB_STATES[info.state], records_done=info.results,
         records_total=records_total, epsilon_reserved=epsilon_reserved, epsilon_spent=epsilon_reserved,
-        error=info.message if info.state == "failed" else "", created_at=timestamp(info.created_at), updated_at=timestamp(info.updated_at),
+        error=info.message if info.state == "failed" else "", message=info.message,
+        created_at=timestamp(info.created_at), updated_at=timestamp(info.updated_at),
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import math
+import threading
 
 import grpc
 
 from ..generation.corpus import parse_corpus
+from ..jobs.corpora import CORPORA
 from . import convert
 from .errors import ApiError, abort_for
 from .gen.privtext.v1 import datasets_pb2, datasets_pb2_grpc
@@ -19,22 +21,26 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field)
 
 
-def _check_spec(spec: datasets_pb2.DatasetSpec) -> None:
-    if not spec.name.strip():
-        raise _invalid("spec.name", "required")
-    if len(spec.name) > 200:
-        raise _invalid("spec.name", f"at most 200 characters, got {len(spec.name)}")
-    if not (math.isfinite(spec.epsilon_cap) and spec.epsilon_cap > 0):
-        raise _invalid("spec.epsilon_cap", f"must be a finite number > 0, got {spec.epsilon_cap}")
-    if not 0 < spec.delta < 1:
-        raise _invalid("spec.delta", f"must be in (0, 1), got {spec.delta}")
-    if spec.format not in ("", "jsonl", "csv"):
-        raise _invalid("spec.format", f"must be jsonl or csv, got {spec.format!r}")
-    if spec.HasField("declared_public_units") and spec.declared_public_units < 1:
-        raise _invalid("spec.declared_public_units", f"must be >= 1, got {spec.declared_public_units}")
-    names = [n for n in (spec.text_field or "text", spec.label_field, spec.unit_field) if n]
-    if len(set(names)) != len(names):
-        raise _invalid("spec", f"text_field, label_field and unit_field must be distinct, got {names}")
+# gRPC ends a server's request stream the same way for a cancelled call as for a complete one;
+# the cancellation reaches the handler a moment later. So after the stream ends the handler waits
+# CANCEL_SETTLE_SECONDS for it, and refuses an upload whose deadline is closer than
+# COMMIT_MARGIN_SECONDS (a deadline cutting the stream ends it within milliseconds of expiring).
+CANCEL_SETTLE_SECONDS = 0.1
+COMMIT_MARGIN_SECONDS = 0.5
+
+
+class _Abandoned:
+    """Whether an upload's client gave up (cancelled, or too close to its deadline); the store
+    asks again inside its transaction, just before commit."""
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self._context = context
+        self._done = threading.Event()  # set when the call ends; before a reply only if cancelled
+        context.add_done_callback(lambda _c: self._done.set())
+
+    def __call__(self, margin: float = 0.0) -> bool:
+        remaining = self._context.time_remaining()
+        return self._done.is_set() or self._context.cancelled() or (remaining is not None and remaining <= margin)
 
 
 class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
@@ -44,12 +50,13 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
     async def UploadDataset(self, request_iterator, context):
         tenant = self.s.tenant(context)
         limits = self.s.settings
+        abandoned = _Abandoned(context)
         try:
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("payload") != "spec":
                 raise _invalid("spec", "the first message of an upload must carry the spec")
             spec = first.spec
-            _check_spec(spec)
+            convert.dataset_spec(spec, limits)
             text_field = spec.text_field or "text"
             buf = io.BytesIO()
             mode = None
@@ -90,15 +97,25 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
             del buf
         except Exception as e:
             await abort_for(context, e)
+        await asyncio.sleep(CANCEL_SETTLE_SECONDS)  # a cancellation that ended the stream lands here (CancelledError)
+        if abandoned(COMMIT_MARGIN_SECONDS):
+            await abort_for(context, ApiError(grpc.StatusCode.CANCELLED, "the upload was cancelled or passed its deadline; nothing was stored"))
         rows = [{"text": r.text, "label": r.label, "unit": r.unit} for r in corpus.records]
         declared = spec.declared_public_units if spec.HasField("declared_public_units") else None
         info = await self.s.call(context, lambda: self.s.store.create_dataset(
             tenant, spec.name.strip(), text_field=text_field, label_field=spec.label_field or None,
             unit_field=spec.unit_field or None, epsilon_cap=spec.epsilon_cap, delta=spec.delta,
-            declared_public_units=declared, records=rows))
+            declared_public_units=declared, records=rows, abandoned=abandoned))
         return convert.dataset(info)
 
+    async def _check_id(self, context, value: str) -> None:
+        try:
+            convert.check_id(value, "id", self.s.settings)
+        except ApiError as e:
+            await abort_for(context, e)
+
     async def GetDataset(self, request, context):
+        await self._check_id(context, request.id)
         info = await self.s.call(context, self.s.store.get_dataset, self.s.tenant(context), request.id)
         return convert.dataset(info)
 
@@ -108,18 +125,17 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
 
     async def DeleteDataset(self, request, context):
         tenant = self.s.tenant(context)
+        await self._check_id(context, request.id)
         await self.s.call(context, self.s.store.get_dataset, tenant, request.id)
         busy = await self.s.call(context, lambda: [j for j in self.s.store.list_unfinished_jobs() if j.dataset_id == request.id])
         if busy:
             await abort_for(context, ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"dataset {request.id} has {len(busy)} unfinished job(s); cancel them first"))
         await self.s.call(context, self.s.store.delete_dataset, tenant, request.id)
+        CORPORA.evict(request.id)  # its parsed records leave memory with it
         return datasets_pb2.DeleteDatasetResponse(id=request.id)
 
     async def GetBudget(self, request, context):
-        tenant = self.s.tenant(context)
-
-        def read():
-            return self.s.store.budget(tenant, request.id), self.s.store.ledger_rows(tenant, request.id)
-
-        b, rows = await self.s.call(context, read)
-        return convert.budget(b, rows)
+        """One dataset row and the most recent budget_entries ledger rows, whatever the ledger's length."""
+        await self._check_id(context, request.id)
+        b = await self.s.call(context, self.s.store.budget, self.s.tenant(context), request.id, self.s.settings.budget_entries)
+        return convert.budget(b)

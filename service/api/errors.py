@@ -20,7 +20,7 @@ from mechanisms import BudgetExceeded
 from mechanisms.accounting import CalibrationError
 
 from ..generation.corpus import CorpusError
-from ..store.interface import BudgetExhausted, Conflict, NotFound
+from ..store.interface import BudgetExhausted, Conflict, NotFound, describe_internal
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def status_for(e: BaseException, subject: str = "") -> status_pb2.Status:
         return _status(grpc.StatusCode.INVALID_ARGUMENT, text, bad_request(violations))
     if isinstance(e, (ValueError, CorpusError)):
         return _status(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    log.error("internal error: %s", type(e).__name__)  # the type only: messages may carry shapes
+    log.error("internal error: %s", describe_internal(e))
     return _status(grpc.StatusCode.INTERNAL, "internal error; the server log has the error type")
 
 

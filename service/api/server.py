@@ -1,7 +1,10 @@
 """`privtext serve`: one process, one engine, one store; gRPC with health, reflection, metrics.
 
-Start-up order: data key, store, PII filter, engine, scheduler, jobs resumed, then the port
-opens and health turns SERVING. SIGTERM (or SIGINT) drains: health turns NOT_SERVING, new
+Start-up order: the data directory's lock, data key, store, the port (bound exclusively: no
+SO_REUSEPORT, so a second server on the same port fails here), PII filter, engine, scheduler,
+jobs resumed, then the server starts and health turns SERVING. Everything that can refuse a start
+for a reason an operator must fix (the directory, the key, the database, TLS files, the port)
+comes before the slow loads, as a StartupError naming the setting. SIGTERM (or SIGINT) drains: health turns NOT_SERVING, new
 calls are refused, running streams get `grace_seconds` to finish and are then cancelled
 (their groups leave the engine), and running jobs stop where they are, to resume on restart.
 """
@@ -13,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import signal
+import sqlite3
 from pathlib import Path
 
 import grpc
@@ -22,7 +26,9 @@ from grpc_reflection.v1alpha import reflection
 from ..engine.interface import Engine
 from ..jobs.dataset_job import JobRunner
 from ..jobs.scheduler import EngineScheduler
-from ..store.crypto import load_or_create_key
+from ..store.crypto import DecryptionError, load_or_create_key
+from ..store.interface import StoreError
+from ..store.lock import DataDirBusy, DataDirLock
 from ..store.sqlite import SqliteStore
 from .auth import ApiKeys, AuthInterceptor
 from .datasets import DatasetsServicer
@@ -37,21 +43,99 @@ SERVICES = (datasets_pb2.DESCRIPTOR.services_by_name["Datasets"].full_name,
             generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name)
 
 
+class StartupError(Exception):
+    """Why the server cannot start, naming the setting to fix; `privtext serve` prints it as
+    one line."""
+
+
+def _lock_data_dir(data_dir: Path) -> DataDirLock:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return DataDirLock(data_dir)
+    except DataDirBusy as e:
+        raise StartupError(str(e)) from None
+    except OSError as e:
+        raise StartupError(f"data_dir must be a writable directory, got {str(data_dir)!r}: {e.strerror or e}") from None
+
+
+def _load_key(s: ServerSettings) -> bytes:
+    try:
+        key, created = load_or_create_key(s.config_dir, s.data_dir)
+    except OSError as e:
+        raise StartupError(f"config_dir must be a readable, writable directory, got {str(s.config_dir)!r}: {e.strerror or e}") from None
+    if created:
+        log.warning("created a data key at %s (mode 0600); back it up: without it the stored datasets cannot be read",
+                    s.config_dir / "data.key")
+    return key
+
+
+def _open_store(data_dir: Path, key: bytes) -> SqliteStore:
+    path = data_dir / "privtext.db"
+    try:
+        return SqliteStore(path, key)
+    except (sqlite3.Error, StoreError, DecryptionError, OSError) as e:  # database messages carry no records
+        raise StartupError(f"data_dir must hold a readable privtext database, got {str(path)!r}: {e}") from None
+
+
+def _tls_credentials(s: ServerSettings) -> grpc.ServerCredentials:
+    try:
+        pair = (Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())
+    except OSError as e:
+        raise StartupError(f"tls_cert and tls_key must be readable files, got {e.filename!r}: {e.strerror or e}") from None
+    return grpc.ssl_server_credentials([pair])
+
+
+def _bind(server: grpc.aio.Server, s: ServerSettings) -> int:
+    """Bind host:port for this server alone (so_reuseport off): a port in use is refused here."""
+    address = f"{s.host}:{s.port}"
+    creds = _tls_credentials(s) if s.tls_cert is not None else None
+    try:
+        port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if not port:
+        raise StartupError(f"port must be free to bind on {s.host}, got {s.port}: in use by another process (or not permitted)")
+    return port
+
+
 class Server:
     def __init__(self, settings: ServerSettings, engine: Engine | None = None):
         self.settings = settings
         self._engine = engine
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self._lock: DataDirLock | None = None
+        self._store: SqliteStore | None = None
+        self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
+        """Start, or raise (StartupError for what an operator must fix) holding nothing."""
+        try:
+            await self._start()
+        except BaseException:
+            if getattr(self, "server", None) is not None:
+                await self.server.stop(None)  # gives back a port bound before the failure
+            if self._store is not None:
+                self._store.close()
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    async def _start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key, created = load_or_create_key(s.config_dir, s.data_dir)
-        if created:
-            log.warning("created a data key at %s (mode 0600); back it up: without it the stored datasets cannot be read",
-                        s.config_dir / "data.key")
-        store = SqliteStore(s.data_dir / "privtext.db", key)
+        self._lock = _lock_data_dir(s.data_dir)
+        key = _load_key(s)
+        self._store = store = _open_store(s.data_dir, key)
+        metrics = Metrics()
+        keys = ApiKeys(s.api_keys)
+        opts = [("grpc.max_receive_message_length", s.max_message_bytes), ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(interceptors=[LatencyInterceptor(metrics), AuthInterceptor(keys)], options=opts)
+        self.port = _bind(self.server, s)
         from ..pii import get_filter
 
         await asyncio.to_thread(get_filter)  # presidio + spaCy load once, before the port opens
@@ -61,26 +145,16 @@ class Server:
 
             engine = await asyncio.to_thread(load_engine, s.engine, s.model, log.info)
         scheduler = EngineScheduler(engine, s.batch_rows)
-        metrics = Metrics()
         server_secret = hmac.new(key, b"privtext mechanism seeds", hashlib.sha256).digest()
 
         runner = JobRunner(store, scheduler, engine, server_secret, s.max_running_jobs,
                            lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released))
-        self.state = ServerState(s, store, ApiKeys(s.api_keys), engine, scheduler, runner, metrics, server_secret)
-
-        opts = [("grpc.max_receive_message_length", s.max_message_bytes), ("grpc.max_send_message_length", s.max_message_bytes)]
-        self.server = grpc.aio.server(interceptors=[LatencyInterceptor(metrics), AuthInterceptor(self.state.keys)], options=opts)
+        self.state = ServerState(s, store, keys, engine, scheduler, runner, metrics, server_secret)
         datasets_pb2_grpc.add_DatasetsServicer_to_server(DatasetsServicer(self.state), self.server)
         generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(self.state), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        address = f"{s.host}:{s.port}"
-        if s.tls_cert is not None:
-            creds = grpc.ssl_server_credentials([(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
         if s.metrics_port is not None:
             self.metrics_port = metrics.serve(s.metrics_port, s.metrics_host)
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
@@ -110,6 +184,7 @@ class Server:
         self._gauges.cancel()
         await asyncio.to_thread(self.state.scheduler.close, 30)
         self.state.streams.shutdown(wait=False)
+        self._release_lock()
         log.info("stopped")
 
     async def wait(self) -> None:

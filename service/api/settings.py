@@ -50,6 +50,22 @@ class ServerSettings(BaseSettings):
     max_record_chars: int = Field(default=2000, ge=1)
     max_request_records: int = Field(default=10_000, ge=1)
     max_request_tokens: int = Field(default=512, ge=1)
+    # Public bounds on request fields, checked before anything is charged (INVALID_ARGUMENT
+    # naming the field and the setting). Epsilon bounds apply to a request's epsilon, the gate's
+    # epsilon and a dataset's epsilon cap: below min_epsilon nothing useful is released, above
+    # max_epsilon nothing is protected (and the accounting overflows).
+    min_epsilon: float = Field(default=1e-6, gt=0)
+    max_epsilon: float = Field(default=1000.0, gt=0)
+    min_delta: float = Field(default=1e-30, gt=0)
+    max_delta: float = Field(default=0.01, gt=0, lt=1)
+    max_id_chars: int = Field(default=64, ge=1)  # dataset and job ids (the server's are 27-28)
+    max_name_chars: int = Field(default=200, ge=1)  # a dataset's name
+    max_field_name_chars: int = Field(default=100, ge=1)  # text_field, label_field, unit_field
+    max_label_chars: int = Field(default=100, ge=1)  # each label (labels, label_counts)
+    max_request_labels: int = Field(default=100, ge=1)  # labels or label_counts per request
+    max_stop_chars: int = Field(default=100, ge=1)  # each stop string
+    max_stop_strings: int = Field(default=16, ge=0)  # stop strings per request
+    budget_entries: int = Field(default=100, ge=0)  # ledger entries GetBudget returns (the most recent)
     presets: dict[str, float] = Field(default_factory=lambda: {"low": 1.0, "medium": 4.0, "high": 8.0})
     count_noise: float = Field(default=10.0, gt=0)  # sigma of the DP unit count / label histogram
     batch_rows: int = Field(default=160, ge=2)
@@ -80,6 +96,9 @@ class ServerSettings(BaseSettings):
         for tenant, hashes in v.items():
             if not tenant:
                 raise ValueError("api_keys: a tenant name must be non-empty")
+            if not hashes:  # with no key at all the server would have no tenant to authenticate
+                raise ValueError(f"api_keys[{tenant}] must be a list of at least one SHA-256 digest, got []; "
+                                 "a tenant with no key would open the server without authentication")
             for h in hashes:
                 if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                     raise ValueError(f"api_keys[{tenant}]: each entry must be a SHA-256 hex digest (64 lowercase hex characters); "
@@ -92,4 +111,6 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"host: without api_keys the server is single-tenant and binds loopback only, got {self.host!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key: give both or neither")
+        if self.min_epsilon > self.max_epsilon or self.min_delta > self.max_delta:
+            raise ValueError("min_epsilon/max_epsilon, min_delta/max_delta: each minimum must be <= its maximum")
         return self

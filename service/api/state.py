@@ -48,5 +48,5 @@ class ServerState:
             await abort_for(context, e, subject)
 
     def refresh_budget(self, tenant_: str, dataset_id: str) -> None:
-        # spent only: budget() would also bisect for what remains, which the gauge does not show
-        self.metrics.epsilon_spent.labels(dataset_id).set(self.store.ledger(tenant_, dataset_id).spent_epsilon())
+        # budget() reads the dataset's composed rho (one row): never the whole ledger
+        self.metrics.epsilon_spent.labels(dataset_id).set(self.store.budget(tenant_, dataset_id)["spent"])

@@ -7,20 +7,116 @@ keeps:
 - private records and the partition secret are encrypted at rest;
 - a reservation is checked against the cap and inserted in one serialized transaction, and is
   never released (a cancelled job's tokens were still computed on private data);
-- deleting a dataset erases its records and secret but keeps its ledger and a tombstone.
+- deleting a dataset erases its records and secret but keeps its ledger and a tombstone;
+- every event is zCDP, so the ledger composes by adding rho: a backend keeps the dataset's
+  composed rho beside its ledger, updated with each reservation, and reads budgets from it
+  (one row, whatever the ledger's length).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import functools
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from mechanisms import Ledger, PrivacyEvent
+from mechanisms.accounting import epsilon_of, largest_rho_within
+from mechanisms.config import require
+
+from .crypto import DecryptionError
+
+# A ledger label is stored and returned by GetBudget: bounded so that no request (a histogram
+# over many long labels) can make a budget response grow without limit.
+MAX_LABEL_CHARS = 200
+ID_ECHO_CHARS = 64  # an id echoed in an error message is cut to this many characters
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 UNFINISHED_JOB_STATES: tuple[str, ...] = ("queued", "running")
+
+
+def bounded_label(label: str) -> str:
+    """label itself if it is short enough, else its start and a hash of the whole (so two long
+    labels with the same start stay distinct), MAX_LABEL_CHARS characters in all."""
+    if len(label) <= MAX_LABEL_CHARS:
+        return label
+    suffix = "…[sha256:" + hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:16] + "]"
+    return label[: MAX_LABEL_CHARS - len(suffix)] + suffix
+
+
+def echo_id(value: str) -> str:
+    """An id as error messages quote it: repr'd, and cut to ID_ECHO_CHARS characters, so a huge
+    id sent by a client is never echoed back whole."""
+    if len(value) <= ID_ECHO_CHARS:
+        return repr(value)
+    return repr(value[:ID_ECHO_CHARS]) + f"… ({len(value)} characters)"
+
+
+# -------------------------------------------------------------------------------------------
+# Shared by the backends: one validation, one encoding and one budget arithmetic, so that a
+# dataset's budget reads the same whichever database holds it.
+
+TERMINAL_JOB_STATES: tuple[str, ...] = tuple(s for s in JOB_STATES if s not in UNFINISHED_JOB_STATES)
+
+
+def require_nonempty_str(value: object, field: str) -> None:
+    require(isinstance(value, str) and value != "", field, "a non-empty string", value)
+
+
+def check_events(label: str, events: Sequence[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
+    """A reservation's label and events, validated; the events as a tuple."""
+    require_nonempty_str(label, "label")
+    events = tuple(events)
+    for i, e in enumerate(events):
+        require(isinstance(e, PrivacyEvent), f"events[{i}]", "a PrivacyEvent", type(e).__name__)
+    return events
+
+
+def events_to_json(events: Sequence[PrivacyEvent]) -> str:
+    return json.dumps([e.to_dict() for e in events])
+
+
+def events_from_json(text: str) -> tuple[PrivacyEvent, ...]:
+    return tuple(PrivacyEvent.from_dict(d) for d in json.loads(text))
+
+
+def events_rho(events: Iterable[PrivacyEvent]) -> float:
+    """The composed rho of one entry's events (every event is zCDP: rho adds)."""
+    return sum(e.rho for e in events)
+
+
+@functools.lru_cache(maxsize=4096)
+def rho_cap(epsilon_cap: float, delta: float) -> float:
+    """The largest total rho whose accountant epsilon at delta stays within the cap."""
+    return largest_rho_within(epsilon_cap, delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def epsilon_of_rho(rho: float, delta: float) -> float:
+    return epsilon_of([PrivacyEvent("zcdp", rho)], delta)
+
+
+def remaining_epsilon(epsilon_cap: float, delta: float, rho_spent: float) -> float:
+    """Epsilon of the largest new release that fits: the cap's rho minus the spent rho."""
+    left = rho_cap(epsilon_cap, delta) - rho_spent
+    return epsilon_of_rho(left, delta) if left > 0 else 0.0
+
+
+def clean_record(r: object, i: int) -> dict:
+    """Record i of an upload as stored: text, label and unit, validated."""
+    require(isinstance(r, dict), f"records[{i}]", "a dict with text, label, unit", type(r).__name__)
+    text = r.get("text")
+    require(isinstance(text, str), f"records[{i}].text", "a string", text)
+    out = {"text": text}
+    for k in ("label", "unit"):
+        v = r.get(k)
+        require(v is None or (isinstance(v, (str, int)) and not isinstance(v, bool)), f"records[{i}].{k}", "a string, an integer or None", v)
+        out[k] = v
+    return out
 
 
 class StoreError(Exception):
@@ -102,6 +198,7 @@ class JobInfo:
     created_at: float
     updated_at: float
     ledger_id: int | None = None  # the reservation that paid for the job
+    nonce: bytes | None = field(default=None, repr=False)  # its randomness nonce (None: a job from before nonces)
 
 
 @runtime_checkable
@@ -119,6 +216,7 @@ class Store(Protocol):
         delta: float,
         declared_public_units: int | None,
         records: Iterable[dict],
+        abandoned: Callable[[], bool] | None = None,
     ) -> DatasetInfo: ...
     def get_dataset(self, tenant: str, dataset_id: str) -> DatasetInfo: ...
     def list_datasets(self, tenant: str) -> list[DatasetInfo]: ...
@@ -129,8 +227,10 @@ class Store(Protocol):
     # ledger
     def reserve(self, tenant: str, dataset_id: str, label: str, events: Sequence[PrivacyEvent]) -> LedgerRow: ...
     def ledger_rows(self, tenant: str, dataset_id: str) -> list[LedgerRow]: ...
+    def ledger_row(self, tenant: str, dataset_id: str, ledger_id: int) -> LedgerRow: ...
     def ledger(self, tenant: str, dataset_id: str) -> Ledger: ...
-    def budget(self, tenant: str, dataset_id: str) -> dict: ...
+    def composed_ledger(self, tenant: str, dataset_id: str) -> Ledger: ...
+    def budget(self, tenant: str, dataset_id: str, recent: int = 0) -> dict: ...
 
     # released counts
     def released_count(self, tenant: str, dataset_id: str, kind: str) -> ReleasedCount | None: ...
@@ -139,11 +239,37 @@ class Store(Protocol):
     ) -> ReleasedCount: ...
 
     # jobs
-    def create_job(self, tenant: str, dataset_id: str, request_json: str, ledger_id: int | None = None) -> str: ...
+    def create_job(self, tenant: str, dataset_id: str, request_json: str, ledger_id: int | None = None,
+                   nonce: bytes | None = None) -> str: ...
     def update_job(self, job_id: str, state: str, progress: float | None = None, message: str | None = None) -> JobInfo: ...
     def append_result(self, job_id: str, seq: int, record_json: str) -> bool: ...
     def results(self, job_id: str, offset: int = 0, limit: int | None = None, tenant: str | None = None) -> list[str]: ...
     def get_job(self, job_id: str, tenant: str | None = None) -> JobInfo: ...
     def list_unfinished_jobs(self) -> list[JobInfo]: ...
-    def mark_group_started(self, job_id: str, group_id: int) -> None: ...
+    def mark_group_started(self, job_id: str, group_id: int) -> bool: ...
     def started_groups(self, job_id: str) -> set[int]: ...
+
+
+# Their messages are the database's or the store's own (table, constraint, file, "database is
+# locked"), never a record, label or unit key: an operator needs them to act.
+_TOLD = (sqlite3.Error, StoreError, DecryptionError, OSError)
+
+
+def describe_internal(e: BaseException) -> str:
+    """What the log says of an unexpected error: its type, and for a store or database error
+    (or one caused by such an error) that error's message too. Other messages are left out:
+    an engine's may name a group's shape."""
+    told = next((x for x in _chain(e) if isinstance(x, _TOLD)), None)
+    if told is None:
+        return type(e).__name__
+    if told is e:
+        return f"{type(e).__name__}: {e}"
+    return f"{type(e).__name__}, caused by {type(told).__name__}: {told}"
+
+
+def _chain(e: BaseException | None):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__

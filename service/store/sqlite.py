@@ -11,6 +11,13 @@ partition secret is encrypted with the master key. Deleting a dataset DELETEs it
 NULLs its wrapped key and secret with `secure_delete=ON` (freed cells are zeroed) and then
 truncates the WAL; because the wrapped key is gone, any copy of a blob that survives elsewhere
 (a backup, a disk block) can no longer be decrypted either.
+
+Budgets: every event is zCDP, so composition adds rho. Each dataset row keeps `rho_spent` (the
+composed rho of its ledger) and `ledger_entries`, updated in the transaction that inserts a
+reservation; budgets and the cap check read that one row, never the ledger.
+
+Schema versions (meta.schema_version): 1 had no rho_spent/ledger_entries; opening a version-1
+database adds them and fills them from its ledger in one transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,9 +49,21 @@ from .interface import (
     LedgerRow,
     NotFound,
     ReleasedCount,
+    StoreError,
+    bounded_label,
+    echo_id,
 )
+from .interface import TERMINAL_JOB_STATES as _TERMINAL
+from .interface import check_events as _check_events
+from .interface import clean_record as _clean_record
+from .interface import epsilon_of_rho as _epsilon_of_rho
+from .interface import events_from_json as _events_from_json
+from .interface import events_rho as _events_rho
+from .interface import events_to_json as _events_json
+from .interface import remaining_epsilon as _remaining_epsilon
+from .interface import require_nonempty_str as _nonempty_str
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 _KEY_CHECK = b"privtext key check v1"
 
 _SCHEMA = """
@@ -63,7 +82,9 @@ CREATE TABLE IF NOT EXISTS datasets (
     created_at REAL NOT NULL,
     deleted_at REAL,
     wrapped_key BLOB,
-    secret BLOB
+    secret BLOB,
+    rho_spent REAL NOT NULL DEFAULT 0,
+    ledger_entries INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS datasets_live_name ON datasets(tenant, name) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS datasets_tenant ON datasets(tenant, created_at);
@@ -107,7 +128,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    ledger_id INTEGER REFERENCES ledger(id)
+    ledger_id INTEGER REFERENCES ledger(id),
+    nonce BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
 CREATE TABLE IF NOT EXISTS job_results (
@@ -123,31 +145,28 @@ CREATE TABLE IF NOT EXISTS job_groups (
 );
 """
 
-_TERMINAL = tuple(s for s in JOB_STATES if s not in UNFINISHED_JOB_STATES)
+
+def _migrate_1_to_2(c: sqlite3.Connection) -> None:
+    """Add rho_spent and ledger_entries and fill them from each dataset's ledger, adding entry
+    by entry in id order (the same sums as reservations made one by one)."""
+    c.execute("ALTER TABLE datasets ADD COLUMN rho_spent REAL NOT NULL DEFAULT 0")
+    c.execute("ALTER TABLE datasets ADD COLUMN ledger_entries INTEGER NOT NULL DEFAULT 0")
+    totals: dict[str, list] = {}
+    for dataset_id, events in c.execute("SELECT dataset_id, events FROM ledger ORDER BY id"):
+        t = totals.setdefault(dataset_id, [0.0, 0])
+        t[0] += _events_rho(_events_from_json(events))
+        t[1] += 1
+    c.executemany("UPDATE datasets SET rho_spent = ?, ledger_entries = ? WHERE id = ?", ((r, n, d) for d, (r, n) in totals.items()))
 
 
-def _nonempty_str(value: object, field: str) -> None:
-    require(isinstance(value, str) and value != "", field, "a non-empty string", value)
+def _migrate_2_to_3(c: sqlite3.Connection) -> None:
+    """Jobs keep their randomness nonce (mechanisms.randomness); older jobs have none and resume
+    under a fresh one (their started groups are skipped, so no stream is reused)."""
+    if "nonce" not in {r[1] for r in c.execute("PRAGMA table_info(jobs)")}:
+        c.execute("ALTER TABLE jobs ADD COLUMN nonce BLOB")
 
 
-def _events_json(events: Sequence[PrivacyEvent]) -> str:
-    return json.dumps([e.to_dict() for e in events])
-
-
-def _events_from_json(text: str) -> tuple[PrivacyEvent, ...]:
-    return tuple(PrivacyEvent.from_dict(d) for d in json.loads(text))
-
-
-def _clean_record(r: object, i: int) -> dict:
-    require(isinstance(r, dict), f"records[{i}]", "a dict with text, label, unit", type(r).__name__)
-    text = r.get("text")
-    require(isinstance(text, str), f"records[{i}].text", "a string", text)
-    out = {"text": text}
-    for k in ("label", "unit"):
-        v = r.get(k)
-        require(v is None or (isinstance(v, (str, int)) and not isinstance(v, bool)), f"records[{i}].{k}", "a string, an integer or None", v)
-        out[k] = v
-    return out
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 class SqliteStore:
@@ -183,6 +202,18 @@ class SqliteStore:
                     ok = False
                 if not ok:
                     raise ValueError(f"key does not match the data key of {str(self.path)!r}")
+                self._migrate(c)
+
+    def _migrate(self, c: sqlite3.Connection) -> None:
+        """Bring an older database to SCHEMA_VERSION, inside the opening transaction."""
+        row = c.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
+        version = int(row[0]) if row is not None else 1
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"schema_version must be <= {SCHEMA_VERSION} (this privtext), got {version} in {str(self.path)!r}")
+        while version < SCHEMA_VERSION:
+            _MIGRATIONS[version](c)
+            version += 1
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),))
 
     # -----------------------------------------------------------------------------------------
     # connections and transactions
@@ -241,13 +272,14 @@ class SqliteStore:
             epsilon_cap=r[6], delta=r[7], declared_public_units=r[8], records=r[9], created_at=r[10],
         )
 
-    _COLS = "id, tenant, name, text_field, label_field, unit_field, epsilon_cap, delta, declared_public_units, records, created_at, deleted_at, wrapped_key, secret"
+    _COLS = ("id, tenant, name, text_field, label_field, unit_field, epsilon_cap, delta, declared_public_units, records, created_at, "
+             "deleted_at, wrapped_key, secret, rho_spent, ledger_entries")
 
     def _dataset(self, c: sqlite3.Connection, tenant: str, dataset_id: str, *, include_deleted: bool = False) -> tuple:
         r = c.execute(f"SELECT {self._COLS} FROM datasets WHERE id = ? AND tenant = ?", (dataset_id, tenant)).fetchone()
         if r is None or (r[11] is not None and not include_deleted):
             # Same answer for "never existed", "deleted" and "another tenant's".
-            raise NotFound(f"dataset {dataset_id!r} not found")
+            raise NotFound(f"dataset {echo_id(dataset_id)} not found")
         return r
 
     def create_dataset(
@@ -262,10 +294,15 @@ class SqliteStore:
         delta: float,
         declared_public_units: int | None = None,
         records: Iterable[dict],
+        abandoned: Callable[[], bool] | None = None,
     ) -> DatasetInfo:
         """Store a dataset and its records (encrypted) atomically: if `records` raises, or the
         process dies, nothing is left behind. The records are read and encrypted before the
-        write transaction starts, so a slow upload never holds the write lock."""
+        write transaction starts, so a slow upload never holds the write lock.
+
+        abandoned: asked inside the transaction just before it commits; True (the client gave
+        up: cancelled, deadline passed) rolls everything back and raises Conflict, so a retry
+        with the same name is never refused by a half-finished upload."""
         _nonempty_str(tenant, "tenant")
         _nonempty_str(name, "name")
         _nonempty_str(text_field, "text_field")
@@ -294,7 +331,7 @@ class SqliteStore:
         with self._tx() as c:
             try:
                 c.execute(
-                    f"INSERT INTO datasets ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                    f"INSERT INTO datasets ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, 0.0, 0)",
                     (
                         dataset_id, tenant, name, text_field, label_field, unit_field, float(epsilon_cap), float(delta),
                         declared_public_units, n, now,
@@ -308,6 +345,8 @@ class SqliteStore:
                 "INSERT INTO records (dataset_id, chunk, blob) VALUES (?, ?, ?)",
                 ((dataset_id, i, b) for i, b in enumerate(blobs)),
             )
+            if abandoned is not None and abandoned():
+                raise Conflict(f"upload of {name!r} was abandoned by its client; nothing was stored")
         return DatasetInfo(dataset_id, tenant, name, text_field, label_field, unit_field, float(epsilon_cap), float(delta), declared_public_units, n, now)
 
     def get_dataset(self, tenant: str, dataset_id: str) -> DatasetInfo:
@@ -341,7 +380,7 @@ class SqliteStore:
         """The tombstone of a deleted dataset: id, name, epsilon_cap, delta, deleted_at."""
         r = self._dataset(self._conn(), tenant, dataset_id, include_deleted=True)
         if r[11] is None:
-            raise NotFound(f"dataset {dataset_id!r} is not deleted")
+            raise NotFound(f"dataset {echo_id(dataset_id)} is not deleted")
         return {"id": r[0], "name": r[2], "epsilon_cap": r[6], "delta": r[7], "deleted_at": r[11]}
 
     def _data_cipher(self, r: tuple) -> RecordCipher:
@@ -368,47 +407,60 @@ class SqliteStore:
     # -----------------------------------------------------------------------------------------
     # ledger
 
+    _LEDGER_COLS = "id, dataset_id, label, events, state, created_at"
+
     @staticmethod
-    def _ledger_rows(c: sqlite3.Connection, dataset_id: str) -> list[LedgerRow]:
-        rows = c.execute(
-            "SELECT id, dataset_id, label, events, state, created_at FROM ledger WHERE dataset_id = ? ORDER BY id", (dataset_id,)
-        ).fetchall()
-        return [LedgerRow(r[0], r[1], r[2], _events_from_json(r[3]), r[4], r[5]) for r in rows]
+    def _ledger_row(r: tuple) -> LedgerRow:
+        return LedgerRow(r[0], r[1], r[2], _events_from_json(r[3]), r[4], r[5])
+
+    def _ledger_rows(self, c: sqlite3.Connection, dataset_id: str, last: int | None = None) -> list[LedgerRow]:
+        """The ledger oldest first; with `last`, only its `last` most recent rows (read from the
+        end of the index: O(last), not O(ledger))."""
+        if last is None:
+            rows = c.execute(f"SELECT {self._LEDGER_COLS} FROM ledger WHERE dataset_id = ? ORDER BY id", (dataset_id,)).fetchall()
+        else:
+            rows = c.execute(
+                f"SELECT {self._LEDGER_COLS} FROM ledger WHERE dataset_id = ? ORDER BY id DESC LIMIT ?", (dataset_id, last)
+            ).fetchall()[::-1]
+        return [self._ledger_row(r) for r in rows]
 
     @staticmethod
     def _make_ledger(r: tuple, rows: Sequence[LedgerRow]) -> Ledger:
         return Ledger(r[6], r[7], tuple(LedgerEntry(x.label, x.events) for x in rows))
 
-    def _charge(self, c: sqlite3.Connection, r: tuple, label: str, events: tuple[PrivacyEvent, ...]) -> LedgerRow | Ledger:
-        """Inside an IMMEDIATE transaction: insert the row if it fits, else return the ledger."""
-        ledger = self._make_ledger(r, self._ledger_rows(c, r[0]))
-        if not ledger.fits(events):
-            return ledger
+    @staticmethod
+    def _exhausted(r: tuple, events: Sequence[PrivacyEvent]) -> BudgetExhausted:
+        return BudgetExhausted(_remaining_epsilon(r[6], r[7], r[14]), epsilon_of(events, r[7]), r[7])
+
+    def _charge(self, c: sqlite3.Connection, r: tuple, label: str, events: tuple[PrivacyEvent, ...]) -> LedgerRow | None:
+        """Inside an IMMEDIATE transaction: insert the row and add its rho to the dataset's
+        composed rho if the total still fits under the cap; None if it does not. Reads one
+        dataset row, whatever the ledger's length."""
+        rho_after = r[14] + _events_rho(events)
+        if _epsilon_of_rho(rho_after, r[7]) > r[6]:
+            return None
+        label = bounded_label(label)
         now = time.time()
         cur = c.execute(
             "INSERT INTO ledger (dataset_id, label, events, state, created_at) VALUES (?, ?, ?, 'reserved', ?)",
             (r[0], label, _events_json(events), now),
         )
+        c.execute("UPDATE datasets SET rho_spent = ?, ledger_entries = ledger_entries + 1 WHERE id = ?", (rho_after, r[0]))
         return LedgerRow(cur.lastrowid, r[0], label, events, "reserved", now)
 
-    @staticmethod
-    def _check_events(label: str, events: Sequence[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
-        _nonempty_str(label, "label")
-        events = tuple(events)
-        for i, e in enumerate(events):
-            require(isinstance(e, PrivacyEvent), f"events[{i}]", "a PrivacyEvent", type(e).__name__)
-        return events
+    _check_events = staticmethod(_check_events)
 
     def reserve(self, tenant: str, dataset_id: str, label: str, events: Sequence[PrivacyEvent]) -> LedgerRow:
         """Charge `events` to the dataset's ledger if they fit under its cap (BudgetExhausted
         otherwise). The check and the insert share one BEGIN IMMEDIATE transaction. A
-        reservation is never released."""
+        reservation is never released. A label over MAX_LABEL_CHARS is stored shortened
+        (interface.bounded_label); the returned row holds the stored label."""
         events = self._check_events(label, events)
         with self._tx() as c:
             r = self._dataset(c, tenant, dataset_id)
             out = self._charge(c, r, label, events)
-        if isinstance(out, Ledger):  # computed outside the write lock
-            raise BudgetExhausted(out.remaining_epsilon(), epsilon_of(events, out.delta), out.delta)
+        if out is None:  # computed outside the write lock
+            raise self._exhausted(r, events)
         return out
 
     def ledger_rows(self, tenant: str, dataset_id: str) -> list[LedgerRow]:
@@ -417,25 +469,46 @@ class SqliteStore:
             self._dataset(c, tenant, dataset_id, include_deleted=True)
             return self._ledger_rows(c, dataset_id)
 
+    def ledger_row(self, tenant: str, dataset_id: str, ledger_id: int) -> LedgerRow:
+        """One reservation of the dataset (deleted datasets included), by its id."""
+        with self._tx(immediate=False) as c:
+            self._dataset(c, tenant, dataset_id, include_deleted=True)
+            r = c.execute(f"SELECT {self._LEDGER_COLS} FROM ledger WHERE id = ? AND dataset_id = ?", (ledger_id, dataset_id)).fetchone()
+        if r is None:
+            raise NotFound(f"ledger entry {ledger_id!r} not found")
+        return self._ledger_row(r)
+
     def ledger(self, tenant: str, dataset_id: str) -> Ledger:
+        """The full ledger, entry by entry (O(entries); budgets use composed_ledger or budget)."""
         with self._tx(immediate=False) as c:
             r = self._dataset(c, tenant, dataset_id, include_deleted=True)
             return self._make_ledger(r, self._ledger_rows(c, dataset_id))
 
-    def budget(self, tenant: str, dataset_id: str) -> dict:
-        """cap, spent, remaining (epsilon at the dataset's delta), delta, entries (reservations),
-        deleted (bool). Works on deleted datasets: what was spent stays visible."""
+    def composed_ledger(self, tenant: str, dataset_id: str) -> Ledger:
+        """The ledger as one entry holding its composed rho: what the full ledger costs, read
+        from one row (for planning and checks, where the entries' labels do not matter)."""
+        r = self._dataset(self._conn(), tenant, dataset_id, include_deleted=True)
+        entries = (LedgerEntry("composed ledger", (PrivacyEvent("zcdp", r[14], note=f"{r[15]} entries"),)),) if r[15] else ()
+        return Ledger(r[6], r[7], entries)
+
+    def budget(self, tenant: str, dataset_id: str, recent: int = 0) -> dict:
+        """cap, spent, remaining (epsilon at the dataset's delta), delta, entries (how many
+        reservations), deleted (bool), recent_entries (the `recent` most recent reservations,
+        oldest first, read in the same snapshot). Works on deleted datasets: what was spent
+        stays visible. Reads one dataset row (and `recent` ledger rows)."""
+        require(isinstance(recent, int) and recent >= 0, "recent", "an integer >= 0", recent)
         with self._tx(immediate=False) as c:
             r = self._dataset(c, tenant, dataset_id, include_deleted=True)
-            rows = self._ledger_rows(c, dataset_id)
-        ledger = self._make_ledger(r, rows)
+            rows = self._ledger_rows(c, dataset_id, recent) if recent else []
+        cap, delta, rho = r[6], r[7], r[14]
         return {
-            "cap": ledger.epsilon_cap,
-            "spent": ledger.spent_epsilon(),
-            "remaining": ledger.remaining_epsilon(),
-            "delta": ledger.delta,
-            "entries": len(rows),
+            "cap": cap,
+            "spent": _epsilon_of_rho(rho, delta) if rho > 0 else 0.0,
+            "remaining": _remaining_epsilon(cap, delta, rho),
+            "delta": delta,
+            "entries": r[15],
             "deleted": r[11] is not None,
+            "recent_entries": rows,
         }
 
     # -----------------------------------------------------------------------------------------
@@ -477,9 +550,9 @@ class SqliteStore:
             ledger_id = None
             if events:
                 out = self._charge(c, r, f"released {kind}", events)
-                if isinstance(out, Ledger):
+                if out is None:
                     c.execute("ROLLBACK")
-                    raise BudgetExhausted(out.remaining_epsilon(), epsilon_of(events, out.delta), out.delta)
+                    raise self._exhausted(r, events)
                 ledger_id = out.id
             now = time.time()
             c.execute(
@@ -493,19 +566,23 @@ class SqliteStore:
 
     _JOB_COLS = (
         "j.id, j.tenant, j.dataset_id, j.request_json, j.state, j.progress, j.message, "
-        "(SELECT COUNT(*) FROM job_results r WHERE r.job_id = j.id), j.created_at, j.updated_at, j.ledger_id"
+        "(SELECT COUNT(*) FROM job_results r WHERE r.job_id = j.id), j.created_at, j.updated_at, j.ledger_id, j.nonce"
     )
 
     def _job(self, c: sqlite3.Connection, job_id: str, tenant: str | None = None) -> JobInfo:
         r = c.execute(f"SELECT {self._JOB_COLS} FROM jobs j WHERE j.id = ?", (job_id,)).fetchone()
         if r is None or (tenant is not None and r[1] != tenant):
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {echo_id(job_id)} not found")
         return JobInfo(*r)
 
-    def create_job(self, tenant: str, dataset_id: str, request_json: str, ledger_id: int | None = None) -> str:
+    def create_job(self, tenant: str, dataset_id: str, request_json: str, ledger_id: int | None = None,
+                   nonce: bytes | None = None) -> str:
         """A queued job; ledger_id names the reservation made for it (reserved first, so a crash
-        in between leaves a charge without a job, never a job without a charge)."""
+        in between leaves a charge without a job, never a job without a charge); nonce is its
+        randomness nonce (mechanisms.randomness), kept so that a resumed job draws each
+        remaining group from that group's own stream."""
         require(isinstance(request_json, str), "request_json", "a string", type(request_json).__name__)
+        require(nonce is None or (isinstance(nonce, bytes) and len(nonce) == 16), "nonce", "None or 16 bytes", type(nonce).__name__)
         job_id = "job_" + secrets.token_hex(12)
         now = time.time()
         with self._tx() as c:
@@ -514,9 +591,9 @@ class SqliteStore:
                 owner = c.execute("SELECT dataset_id FROM ledger WHERE id = ?", (ledger_id,)).fetchone()
                 require(owner is not None and owner[0] == dataset_id, "ledger_id", f"a reservation on dataset {dataset_id}", ledger_id)
             c.execute(
-                "INSERT INTO jobs (id, tenant, dataset_id, request_json, state, progress, message, created_at, updated_at, ledger_id)"
-                " VALUES (?, ?, ?, ?, 'queued', 0.0, '', ?, ?, ?)",
-                (job_id, tenant, dataset_id, request_json, now, now, ledger_id),
+                "INSERT INTO jobs (id, tenant, dataset_id, request_json, state, progress, message, created_at, updated_at, ledger_id, nonce)"
+                " VALUES (?, ?, ?, ?, 'queued', 0.0, '', ?, ?, ?, ?)",
+                (job_id, tenant, dataset_id, request_json, now, now, ledger_id, nonce),
             )
         return job_id
 
@@ -581,14 +658,17 @@ class SqliteStore:
         ).fetchall()
         return [JobInfo(*r) for r in rows]
 
-    def mark_group_started(self, job_id: str, group_id: int) -> None:
-        """Record, durably and before the engine sees it, that a job's group is being decoded. A
-        job resumed after a restart skips every started group: a group is decoded (and its
-        private rows used) at most once, whether or not its record was stored."""
-        require(isinstance(group_id, int) and group_id >= 0, "group_id", "an integer >= 0", group_id)
+    def mark_group_started(self, job_id: str, group_id: int) -> bool:
+        """Claim a job's group, durably and before the engine sees it: True if this call claimed
+        it, False if it was already started (by an earlier run, another thread or process). The
+        check and the claim are one INSERT, so two callers can never both get True. A job resumed
+        after a restart skips every started group: a group is decoded (and its private rows used)
+        at most once, whether or not its record was stored."""
+        require(isinstance(group_id, int) and not isinstance(group_id, bool) and group_id >= 0, "group_id", "an integer >= 0", group_id)
         with self._tx() as c:
             self._job(c, job_id)
-            c.execute("INSERT OR IGNORE INTO job_groups (job_id, group_id) VALUES (?, ?)", (job_id, group_id))
+            cur = c.execute("INSERT OR IGNORE INTO job_groups (job_id, group_id) VALUES (?, ?)", (job_id, group_id))
+            return cur.rowcount == 1
 
     def started_groups(self, job_id: str) -> set[int]:
         rows = self._conn().execute("SELECT group_id FROM job_groups WHERE job_id = ?", (job_id,)).fetchall()

@@ -44,8 +44,11 @@ def test_loadtest_run(tmp_path):
     assert [p["streams"] >= 1 and p["tokens"] > 0 for p in summary["inprocess_phases"]] == [True, True]
     assert set(summary["cpu_seconds"]) == {"inprocess_before", "served", "inprocess_after"}
     assert summary["workload"]["max_tokens"] == 8 and summary["workload"]["records_per_stream"] == 2
+    # the budget-polling user ran beside the generating one; its latency is on the summary line
+    assert summary["budget_requests"] >= 1 and summary["budget_p50_ms"] is not None and summary["budget_p50_ms"] >= 0, summary
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("users=1 tokens/s=") and " in-process tokens/s=" in line and "served/in-process=" in line
+    assert f"GetBudget p50={summary['budget_p50_ms']:.0f} ms" in line and f"({summary['budget_requests']} polls)" in line
     assert ("PASS" in line) == summary["ratio_pass"]
 
     # locust's CSV holds every stream: streams started within the run time finish (--stop-timeout)
@@ -55,4 +58,5 @@ def test_loadtest_run(tmp_path):
     assert int(rows["Generate"]["Request Count"]) == summary["requests"]
     assert int(rows["Generate:first-record"]["Request Count"]) >= 1
     assert int(rows["Generate"]["Failure Count"]) == 0
+    assert int(rows["GetBudget"]["Request Count"]) == summary["budget_requests"] and int(rows["GetBudget"]["Failure Count"]) == 0
     assert (out / "report.html").stat().st_size > 0

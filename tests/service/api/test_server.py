@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import urllib.request
 
@@ -101,8 +102,10 @@ def test_tenants_are_isolated_and_keys_checked(server, acme, globex):
     [
         ([{"text": "x" * 401}], {}, grpc.StatusCode.INVALID_ARGUMENT, "text over 400 characters"),
         ([{"text": "ok"}, {"txt": "no text field"}], {}, grpc.StatusCode.INVALID_ARGUMENT, "line 2: missing field 'text'"),
-        ([{"text": "ok"}], {"epsilon_cap": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "spec.epsilon_cap: must be a finite number > 0"),
-        ([{"text": "ok"}], {"delta": 1.0}, grpc.StatusCode.INVALID_ARGUMENT, "spec.delta: must be in (0, 1)"),
+        ([{"text": "ok"}], {"epsilon_cap": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "spec.epsilon_cap must be in [1e-06, 1000] (min_epsilon, max_epsilon)"),
+        ([{"text": "ok"}], {"delta": 1.0}, grpc.StatusCode.INVALID_ARGUMENT, "spec.delta must be in [1e-30, 0.01] (min_delta, max_delta)"),
+        ([{"text": "ok"}], {"delta": 0.9999999}, grpc.StatusCode.INVALID_ARGUMENT, "spec.delta must be in"),
+        ([{"text": "ok"}], {"epsilon_cap": 1e308}, grpc.StatusCode.INVALID_ARGUMENT, "spec.epsilon_cap must be in"),
         ([{"text": f"r{i}"} for i in range(501)], {}, grpc.StatusCode.INVALID_ARGUMENT, "max_records=500"),
     ],
 )
@@ -258,3 +261,118 @@ def test_delete_erases_records_and_keeps_the_ledger(acme):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert len(acme.budget(ds.id).entries) == 3  # what was spent stays visible
     assert list(acme.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=acme.md)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 22: bounded requests, paged budgets, abandoned uploads, one server per port and directory
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["nul\x00name", "two\nlines", "tab\tname"],
+    ids=["nul", "newline", "tab"],
+)
+def test_a_name_with_control_characters_is_refused(acme, name):
+    with pytest.raises(grpc.RpcError) as e:
+        acme.upload(name, corpus(4))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec.name must be free of control characters" in e.value.details()
+
+
+def test_bad_requests_are_refused_before_anything_is_charged(acme):
+    ds = acme.upload("nothing-charged", corpus(), label_field="label")
+    gate = generation_pb2.MechanismSettings(partitions=4, gate=generation_pb2.GateSettings(epsilon=1e308))
+    cases = [
+        ({"stop": [""]}, "stop[0]"),
+        ({"epsilon": 5e-324}, "epsilon"),
+        ({"settings": gate}, "settings.gate.epsilon"),
+        ({"labels": ["x" * 32_000]}, "labels[0]"),  # used to cost 18 s and GBs of memory
+        ({"stop": ["s"] * 17}, "stop"),
+    ]
+    for kw, field in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            acme.generate(ds.id, **kw)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, e.value.details())
+        assert e.value.details().startswith(f"{field} must be ") and len(e.value.details()) < 300
+    b = acme.budget(ds.id)
+    assert b.spent == 0 and b.entries_total == 0 and list(b.entries) == []  # not even the DP count
+
+
+def test_a_huge_id_is_refused_and_never_echoed(acme):
+    big = "ds_" + "x" * 60_000  # under the fixture's 64 KiB message limit
+    for call in (lambda: acme.budget(big),
+                 lambda: acme.datasets.GetDataset(datasets_pb2.GetDatasetRequest(id=big), metadata=acme.md),
+                 lambda: acme.generate(big)):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_id_chars" in e.value.details()
+        assert len(e.value.details()) < 300
+    with pytest.raises(grpc.RpcError) as e:  # job ids reach the store: its NOT_FOUND quotes 64 characters at most
+        acme.generation.GetJob(generation_pb2.GetJobRequest(id="job_" + "y" * 60_000), metadata=acme.md)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and len(e.value.details()) < 300
+
+
+def test_budget_lists_the_most_recent_entries_and_counts_them_all(server, acme):
+    from mechanisms import PrivacyEvent
+
+    ds = acme.upload("long-ledger", corpus(12), epsilon_cap=100.0)
+    store = server.server.state.store  # the server's own store: as if 130 requests had been charged
+    huge = "released label histogram " + "[" + ", ".join(f'"{"z" * 2000}{i}"' for i in range(1000)) + "]"
+    for i in range(130):
+        store.reserve("acme", ds.id, f"{i} {huge}", [PrivacyEvent("zcdp", 1e-4, 8, "em selection")])
+    b = acme.budget(ds.id)
+    limit = server.server.settings.budget_entries
+    assert b.entries_total == 130 and len(b.entries) == limit == 100
+    assert [e.label.split()[0] for e in b.entries] == [str(i) for i in range(30, 130)]  # the most recent, oldest first
+    assert all(len(e.label) <= 200 and "sha256:" in e.label for e in b.entries)
+    assert b.ByteSize() < 64 * 1024  # a 2 MB label per entry once made this exceed gRPC's 4 MiB
+    assert b.spent == pytest.approx(store.ledger("acme", ds.id).spent_epsilon(), rel=1e-12)  # every entry counted
+
+
+def _slow_upload(name: str, rows: list[dict], stall: float):
+    """An upload whose client sends half its records, then stalls for `stall` seconds."""
+    data = [json.dumps(r).encode() + b"\n" for r in rows]
+    yield datasets_pb2.UploadRequest(spec=datasets_pb2.DatasetSpec(name=name, text_field="text", epsilon_cap=8.0, delta=1e-3, format="jsonl"))
+    yield datasets_pb2.UploadRequest(chunk=b"".join(data[: len(data) // 2]))
+    time.sleep(stall)
+    yield datasets_pb2.UploadRequest(chunk=b"".join(data[len(data) // 2:]))
+
+
+def test_an_upload_cut_by_its_deadline_leaves_nothing(acme):
+    rows = corpus(20)
+    with pytest.raises(grpc.RpcError) as e:
+        acme.datasets.UploadDataset(_slow_upload("cut-short", rows, stall=4.0), metadata=acme.md, timeout=1.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(3.5)  # the server has seen the end of the stream and done whatever it does with it
+    names = [d.name for d in acme.datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), metadata=acme.md).datasets]
+    assert "cut-short" not in names  # no truncated dataset
+    ds = acme.upload("cut-short", rows)  # a retry with the same name is not ALREADY_EXISTS
+    assert ds.records == 20
+
+
+def test_a_cancelled_upload_leaves_nothing(acme):
+    call = acme.datasets.UploadDataset.future(_slow_upload("cancelled", corpus(20), stall=3.0), metadata=acme.md, timeout=60)
+    time.sleep(1.0)
+    call.cancel()
+    time.sleep(3.0)
+    names = [d.name for d in acme.datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), metadata=acme.md).datasets]
+    assert "cancelled" not in names
+    assert acme.upload("cancelled", corpus(20)).records == 20
+
+
+def test_a_second_server_on_the_same_port_or_directory_is_refused(server, tmp_path, engine):
+    from service.api.server import Server, StartupError
+
+    first = server.server.settings
+    same_dir = first.model_copy(update={"port": 0})
+    with pytest.raises(StartupError, match=r"data_dir must be used by one server at a time, .* in use by another privtext server"):
+        server.run(Server(same_dir, engine).start())
+    same_port = first.model_copy(update={"port": server.server.port, "data_dir": tmp_path / "other"})
+    with pytest.raises(StartupError, match=f"port must be free to bind on 127.0.0.1, got {server.server.port}"):
+        server.run(Server(same_port, engine).start())
+    # the refused servers gave back what they took: the first still serves, the other directory is free
+    assert Client(server.address, None).channel is not None
+    acme = Client(server.address, "pt_test_acme_key")
+    assert acme.datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), metadata=acme.md) is not None
+    from service.store.lock import DataDirLock
+
+    DataDirLock(tmp_path / "other").release()

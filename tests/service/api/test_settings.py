@@ -196,3 +196,27 @@ def test_keys_new_prints_a_key_whose_digest_is_the_settings_line(tmp_path, monke
     from_yaml = ServerSettings.load(config=yaml_file(tmp_path, yaml_lines + "\n"))
     assert ApiKeys(from_yaml.api_keys).tenant_of(((API_KEY_HEADER, key),)) == "acme"
     assert ApiKeys(from_yaml.api_keys).tenant_of(((API_KEY_HEADER, key + "x"),)) is None
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [{"acme": []}, {"acme": [], "globex": [DIGEST]}],
+    ids=["only-tenant-without-keys", "one-tenant-without-keys"],
+)
+def test_a_tenant_without_keys_is_refused_never_open(keys, monkeypatch):
+    """An empty key list used to turn on single-tenant mode: no authentication at all."""
+    with pytest.raises(ValueError, match=re.escape("api_keys[acme] must be a list of at least one SHA-256 digest, got []")):
+        ServerSettings.load(api_keys=keys)
+    monkeypatch.setenv("PRIVTEXT_API_KEYS", json.dumps(keys))
+    with pytest.raises(ValueError, match=re.escape("api_keys[acme]")):
+        ServerSettings.load()
+    # and whatever reaches ApiKeys directly: a configured tenant is never "no authentication"
+    direct = ApiKeys(keys)
+    assert not direct.single_tenant
+    assert direct.tenant_of(()) is None and direct.tenant_of(((API_KEY_HEADER, "anything"),)) is None
+
+
+def test_epsilon_and_delta_bounds_must_be_ordered():
+    with pytest.raises(ValueError, match="min_epsilon/max_epsilon"):
+        ServerSettings.load(min_epsilon=2.0, max_epsilon=1.0)
+    assert ServerSettings.load(max_epsilon=5.0, min_delta=1e-12).max_epsilon == 5.0

@@ -114,18 +114,20 @@ class GetBudgetRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("epsilon_cap", "spent", "remaining", "delta", "entries")
+    __slots__ = ("epsilon_cap", "spent", "remaining", "delta", "entries", "entries_total")
     EPSILON_CAP_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     epsilon_cap: float
     spent: float
     remaining: float
     delta: float
     entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
-    def __init__(self, epsilon_cap: _Optional[float] = ..., spent: _Optional[float] = ..., remaining: _Optional[float] = ..., delta: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ...) -> None: ...
+    entries_total: int
+    def __init__(self, epsilon_cap: _Optional[float] = ..., spent: _Optional[float] = ..., remaining: _Optional[float] = ..., delta: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., entries_total: _Optional[int] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
     __slots__ = ("label", "epsilon", "events", "created_at")

@@ -76,7 +76,11 @@ class DatasetsServicer:
 
         Errors: INVALID_ARGUMENT if the first message is not a spec, the spec is invalid
         (epsilon_cap <= 0, delta outside (0, 1), unknown format), a record or chunk cannot be
-        parsed, or the named fields are missing; ALREADY_EXISTS if a dataset with this name exists.
+        parsed, or the named fields are missing, or a value is outside the server's public bounds
+        (epsilon_cap in [min_epsilon, max_epsilon], delta in [min_delta, max_delta], a name or
+        field name too long or holding control characters); ALREADY_EXISTS if a dataset with this
+        name exists; CANCELLED (and nothing stored) if the client cancelled or passed its deadline
+        before the stream ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,7 +110,9 @@ class DatasetsServicer:
 
     def GetBudget(self, request, context):
         """Returns the dataset's privacy budget: the cap, what has been spent (including budget
-        reserved by running jobs), what remains, and the ledger entries. Errors: NOT_FOUND.
+        reserved by running jobs), what remains, the most recent ledger entries and how many there
+        are in all. Its cost does not depend on the ledger's length. Errors: NOT_FOUND;
+        INVALID_ARGUMENT for an id longer than the server's max_id_chars.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -131,7 +131,7 @@ class SyntheticRecord(_message.Message):
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[PiiFinding, _Mapping]]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "dataset_id", "state", "records_done", "records_total", "epsilon_reserved", "epsilon_spent", "error", "created_at", "updated_at")
+    __slots__ = ("id", "dataset_id", "state", "records_done", "records_total", "epsilon_reserved", "epsilon_spent", "error", "created_at", "updated_at", "message")
     ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset_id: str
     state: JobState
@@ -152,7 +153,8 @@ class Job(_message.Message):
     error: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., records_done: _Optional[int] = ..., records_total: _Optional[int] = ..., epsilon_reserved: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    message: str
+    def __init__(self, id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., records_done: _Optional[int] = ..., records_total: _Optional[int] = ..., epsilon_reserved: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

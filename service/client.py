@@ -86,7 +86,7 @@ def build_generate_request(ns: argparse.Namespace) -> generation_pb2.GenerateReq
         req.labels.extend(labels)
     if ns.seed is not None:
         req.seed = ns.seed
-    for field in ("partitions", "temperature", "top_k", "top_k_plus", "units_per_row"):
+    for field in ("partitions", "temperature", "top_k", "top_k_plus", "units_per_row", "row_slots", "max_row_tokens"):
         if getattr(ns, field) is not None:
             setattr(req.settings, field, getattr(ns, field))
     for field in ("threshold", "epsilon", "max_private"):
@@ -355,6 +355,7 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--preset", help="a budget preset defined by the server, e.g. low, medium, high")
     p.add_argument("--mechanism", choices=("em", "amin", "gaussian"), default=None, help="default: the server's (em)")
     for flag, kind in (("--partitions", int), ("--temperature", float), ("--top-k", int), ("--units-per-row", int),
+                       ("--row-slots", int), ("--max-row-tokens", int),
                        ("--gate-threshold", float), ("--gate-epsilon", float), ("--gate-max-private", int), ("--seed", int)):
         p.add_argument(flag, type=kind, default=None)
     p.add_argument("--top-k-plus", action=argparse.BooleanOptionalAction, default=None,

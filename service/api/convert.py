@@ -140,7 +140,8 @@ def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[s
         raise _invalid("pii_policy", f"unknown value {m.pii_policy}")
     st = m.settings
     fields: dict = {}
-    for name, key in (("partitions", "partitions"), ("temperature", "temperature"), ("units_per_row", "units_per_row"), ("top_k_plus", "top_k_plus")):
+    for name, key in (("partitions", "partitions"), ("temperature", "temperature"), ("units_per_row", "units_per_row"), ("top_k_plus", "top_k_plus"),
+                      ("row_slots", "row_slots"), ("max_row_tokens", "max_row_tokens")):
         if st.HasField(name):
             fields[key] = getattr(st, name)
     if st.HasField("top_k"):

@@ -19,6 +19,8 @@ from service.api.settings import ServerSettings
         ({"top_k_plus": False}, {"top_k_plus": False}),  # set to the proto default: still sent, still honoured
         ({"top_k_plus": True, "top_k": 16}, {"top_k_plus": True, "top_k": 16}),
         ({"temperature": 0.7, "partitions": 16}, {"temperature": 0.7, "partitions": 16}),
+        ({}, {"row_slots": None, "max_row_tokens": 512}),  # defaults: 3N slots, 512 tokens per row
+        ({"row_slots": 40, "max_row_tokens": 256}, {"row_slots": 40, "max_row_tokens": 256}),
     ],
 )
 def test_mechanism_settings_reach_the_job_request(tmp_path, settings, expected):

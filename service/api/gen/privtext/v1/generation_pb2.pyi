@@ -56,20 +56,24 @@ class GateSettings(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., epsilon: _Optional[float] = ..., max_private: _Optional[int] = ...) -> None: ...
 
 class MechanismSettings(_message.Message):
-    __slots__ = ("partitions", "temperature", "top_k", "units_per_row", "gate", "top_k_plus")
+    __slots__ = ("partitions", "temperature", "top_k", "units_per_row", "gate", "top_k_plus", "row_slots", "max_row_tokens")
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     UNITS_PER_ROW_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_PLUS_FIELD_NUMBER: _ClassVar[int]
+    ROW_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     partitions: int
     temperature: float
     top_k: int
     units_per_row: int
     gate: GateSettings
     top_k_plus: bool
-    def __init__(self, partitions: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., units_per_row: _Optional[int] = ..., gate: _Optional[_Union[GateSettings, _Mapping]] = ..., top_k_plus: _Optional[bool] = ...) -> None: ...
+    row_slots: int
+    max_row_tokens: int
+    def __init__(self, partitions: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., units_per_row: _Optional[int] = ..., gate: _Optional[_Union[GateSettings, _Mapping]] = ..., top_k_plus: _Optional[bool] = ..., row_slots: _Optional[int] = ..., max_row_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("dataset_id", "records", "max_tokens", "epsilon", "preset", "mechanism", "settings", "label_counts", "labels", "pii_policy", "seed", "stop")

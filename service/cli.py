@@ -104,7 +104,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
             label_counts=_key_counts(a.label_counts), count_noise=a.count_noise,
             max_records_per_unit=a.max_records_per_unit, max_record_chars=a.max_record_chars,
             template=a.template, stop=tuple(a.stop or ()), seed=a.seed, engine=a.engine, model=a.model,
-            batch_rows=a.batch_rows, pii=a.pii, out=a.out, report=a.report,
+            batch_rows=a.batch_rows, pii=a.pii, out=a.out, report=a.report, local_ledger=a.local_ledger, epsilon_cap=a.epsilon_cap,
         )
     except pydantic.ValidationError as e:
         first = e.errors()[0]
@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=int, required=True, help="public maximum tokens per record (charged in full)")
     g.add_argument("--epsilon", type=float, required=True, help="privacy budget of the whole job")
     g.add_argument("--delta", type=float, required=True, help="must be <= 1/units")
+    g.add_argument("--epsilon-cap", type=float, default=None,
+                   help="this corpus's total budget across runs, fixed at its first run (default: 10); runs are charged "
+                        "to a ledger per corpus file in PRIVTEXT_DATA_DIR (default ~/.local/share/privtext)")
+    g.add_argument("--local-ledger", action=argparse.BooleanOptionalAction, default=True,
+                   help="charge the run to the corpus's local ledger and refuse what its cap cannot pay (default); "
+                        "--no-local-ledger: this run's report alone states its epsilon")
     g.add_argument("--clip", type=float, default=None, help="fix the clip (em/amin) instead of solving it from epsilon; the job then refuses if it costs more")
     g.add_argument("--noise-multiplier", type=float, default=None, help="fix sigma (gaussian) instead of solving it")
     g.add_argument("--public-count", type=int, default=None, help="declare the unit count public (else a DP count is released and charged)")

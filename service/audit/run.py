@@ -120,6 +120,7 @@ def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | N
             mechanism=s.mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
             public_count=units, template="sms-spam", seed=s.seed, pii="off", engine=s.engine, model=s.model,
             batch_rows=s.batch_rows, out=work / "synthetic.jsonl", report=work / "generate-report.json",
+            local_ledger=False,  # one release of a public corpus with inserted canaries, measured once
         )
         t0 = time.time()
         if engine is None:

@@ -183,7 +183,8 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
     no_privacy = math.isinf(epsilon)
     labelling = {"label_counts": balanced_counts(s.records, data.labels)} if setup.label_split == "balanced" else {"labels": tuple(data.labels)}
     spec = GenerateSpec(
-        input=folder / "train.jsonl", label_field="label", **labelling,
+        # local_ledger off: each cell measures one release on the eval's own split of a public corpus
+        input=folder / "train.jsonl", label_field="label", local_ledger=False, **labelling,
         records=s.records, max_tokens=s.max_tokens or setup.max_tokens,
         # epsilon = inf: any finite epsilon gives the same layout (groups and rounds do not
         # depend on it); the non-private selector then ignores the calibration.

@@ -30,6 +30,7 @@ from ..generation.layout import group_requests, strata_of
 from ..generation.prompts import Template
 from ..generation.selector import MechanismSelector
 from .capacity import check_capacity
+from .local_ledger import LocalLedger
 from .records import OutRecord, RecordFilter
 
 
@@ -125,6 +126,8 @@ class GenerateSpec(JobRequest):
     label_field: str | None = None
     unit_field: str | None = None
     delta: float = Field(gt=0, lt=1)
+    local_ledger: bool = True  # charge the run to this corpus's local ledger (service/jobs/local_ledger.py)
+    epsilon_cap: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # the corpus's cap, at its first run
     public_count: int | None = Field(default=None, ge=1)  # declared-public unit count
     count_noise: float = Field(default=10.0, gt=0)
     engine: str = "auto"
@@ -200,8 +203,11 @@ def strata_from(request: JobRequest, released: dict[str, int]) -> dict[str, tupl
     return {lab: (max(released[lab], 1), records[lab]) for lab in labels}
 
 
-def prepare(spec: GenerateSpec, corpus: Corpus, rng: np.random.Generator) -> tuple[Plan, list[str] | None, dict]:
-    """The public counts (declared, or released by DP) and the plan, checked against epsilon."""
+def prepare(spec: GenerateSpec, corpus: Corpus, rng: np.random.Generator,
+            corpus_ledger: Ledger | None = None) -> tuple[Plan, list[str] | None, dict]:
+    """The public counts (declared, or released by DP) and the plan, checked against epsilon
+    and, with corpus_ledger, against what the corpus's cap still allows (BudgetExceeded says
+    what fits)."""
     notes: dict = {}
     labels = spec.wanted_labels() if spec.label_field else None
     strata = None
@@ -216,11 +222,14 @@ def prepare(spec: GenerateSpec, corpus: Corpus, rng: np.random.Generator) -> tup
         notes["units_declared_public"] = "the caller declared the unit count public; it was used as given"
     else:
         units, source, noise = max(dp_count(len(corpus.units()), spec.count_noise, rng), 1), "dp-count", spec.count_noise
-    p = plan(
+    inputs = dict(
         units=units, records=spec.records, max_tokens=spec.max_tokens, delta=spec.delta,
         epsilon=None if spec.fixed_config else spec.epsilon, config=spec.decoding_config(),
-        units_source=source, count_noise=noise, ledger=Ledger(spec.epsilon, spec.delta), strata=strata,
+        units_source=source, count_noise=noise, strata=strata,
     )
+    p = plan(**inputs, ledger=Ledger(spec.epsilon, spec.delta))
+    if corpus_ledger is not None:
+        p = plan(**inputs, ledger=corpus_ledger)
     return p, labels, notes
 
 
@@ -284,7 +293,9 @@ def run_generate(
         + "".join(f"\n  line {b.line}: {b.reason}" for b in corpus.bad[:10]) + ("\n  ..." if len(corpus.bad) > 10 else ""))
     template = Template.load(spec.template, spec.max_record_chars)  # a bad template fails before any count is drawn
     randomness = run_randomness(spec)
-    p, _labels, notes = prepare(spec, corpus, randomness.stream("counts"))
+    book, digest = (LocalLedger(), file_digest(spec.input)) if spec.local_ledger else (None, "")
+    corpus_ledger = book.ledger(digest, spec.epsilon_cap, spec.delta) if book is not None else None
+    p, _labels, notes = prepare(spec, corpus, randomness.stream("counts"), corpus_ledger)
     say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
     records = RecordFilter(spec.pii, say)
     if engine is None:
@@ -292,6 +303,10 @@ def run_generate(
 
         engine = load_engine(spec.engine, spec.model, progress=say)
     check_capacity(engine, p, template, spec.wanted_labels() if spec.label_field else None, spec.max_row_tokens, spec.batch_rows)
+    if book is not None:  # reserved before the first group is decoded; a crash later keeps the charge
+        corpus_ledger = book.reserve(digest, spec.epsilon_cap, spec.delta, f"privtext generate {time.strftime('%Y-%m-%d %H:%M:%S')}", p.events)
+        say(f"corpus ledger: epsilon {corpus_ledger.spent_epsilon():.3f} of its cap {corpus_ledger.epsilon_cap:g} spent "
+            f"over {len(corpus_ledger.entries)} run(s) ({book.path})")
     selector = MechanismSelector(p.config, randomness) if selector_for is None else selector_for(p, randomness)
 
     def run(groups: Iterator[GroupRequest], sel: MechanismSelector) -> Iterator[GroupResult]:
@@ -336,6 +351,8 @@ def run_generate(
         "finish_reasons": dict(st.finish_reasons),
         "out_of_step_groups": engine.stats.out_of_step,
         "seeded": spec.seed is not None,
+        "corpus_ledger": ({"corpus_sha256": digest, "epsilon_cap": corpus_ledger.epsilon_cap, "epsilon_spent": corpus_ledger.spent_epsilon(),
+                           "runs": len(corpus_ledger.entries), "path": str(book.path)} if book is not None else "off"),
         "seconds": time.time() - started,
         "notes": {
             **notes,

@@ -8,6 +8,13 @@ from server_kit import KEYS, Client, InProcess
 from service.api.auth import hash_key
 
 
+@pytest.fixture(autouse=True)
+def local_ledger_dir(tmp_path, monkeypatch):
+    """Every test gets its own local ledger directory (privtext generate charges a ledger per
+    corpus there): a test that runs a corpus several times composes only its own runs."""
+    monkeypatch.setenv("PRIVTEXT_DATA_DIR", str(tmp_path / "privtext-data"))
+
+
 @pytest.fixture(scope="session")
 def engine():
     from service.engine.loader import load_engine

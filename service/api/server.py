@@ -147,8 +147,14 @@ class Server:
         scheduler = EngineScheduler(engine, s.batch_rows)
         server_secret = hmac.new(key, b"privtext mechanism seeds", hashlib.sha256).digest()
 
+        workers = None
+        if s.ray:
+            from ..jobs.ray_executor import RayWorkers
+
+            workers = await asyncio.to_thread(RayWorkers, s.ray, s.ray_workers, engine.name, s.model)
+            log.info("batch jobs decode on %d Ray engine worker(s) (%s)", s.ray_workers, s.ray)
         runner = JobRunner(store, scheduler, engine, server_secret, s.max_running_jobs,
-                           lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released))
+                           lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released), workers=workers)
         self.state = ServerState(s, store, keys, engine, scheduler, runner, metrics, server_secret)
         datasets_pb2_grpc.add_DatasetsServicer_to_server(DatasetsServicer(self.state), self.server)
         generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(self.state), self.server)
@@ -183,6 +189,8 @@ class Server:
         await self.server.stop(grace)
         self._gauges.cancel()
         await asyncio.to_thread(self.state.scheduler.close, 30)
+        if self.state.runner.workers is not None:
+            await asyncio.to_thread(self.state.runner.workers.close)
         self.state.streams.shutdown(wait=False)
         self._release_lock()
         log.info("stopped")

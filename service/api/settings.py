@@ -69,6 +69,10 @@ class ServerSettings(BaseSettings):
     presets: dict[str, float] = Field(default_factory=lambda: {"low": 1.0, "medium": 4.0, "high": 8.0})
     count_noise: float = Field(default=10.0, gt=0)  # sigma of the DP unit count / label histogram
     batch_rows: int = Field(default=160, ge=2)
+    # Batch jobs on a Ray cluster of engine workers: a cluster address, or "auto" for a local one
+    # (service/jobs/ray_executor.py); None: decoded by this server's engine. Streams stay local.
+    ray: str | None = None
+    ray_workers: int = Field(default=2, ge=1, le=1024)
     max_running_jobs: int = Field(default=4, ge=1)
     # Threads that wait on open Generate streams (one each while a stream waits for its next
     # record); more open streams than this queue for a thread before reaching the engine.

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-FinishReason = Literal["eos", "length", "stop", "halted", "out_of_step"]
+FinishReason = Literal["eos", "length", "stop", "halted", "out_of_step", "worker_lost"]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from ..store.interface import UNFINISHED_JOB_STATES, Conflict, DatasetInfo, JobI
 from .generate import JobRequest, decode_records, label_units, strata_from
 from .capacity import check_capacity
 from .corpora import CORPORA
+from .errors import JobFailed
 from .records import OutRecord, RecordFilter
 from .scheduler import EngineScheduler, Ticket
 
@@ -115,7 +116,7 @@ def failure_message(e: BaseException) -> str:
     """What a failed job says: a bad request's own message, a store failure's cause (database
     messages name files and constraints, never records), else a generic line (an engine's
     message may name a group's shape, which depends on private data)."""
-    if isinstance(e, (ValueError, NotFound)):
+    if isinstance(e, (ValueError, NotFound, JobFailed)):
         return str(e)
     told = describe_internal(e)
     if told != type(e).__name__:
@@ -216,8 +217,9 @@ class JobRunner:
     store as they finish, and unfinished jobs resume after a restart."""
 
     def __init__(self, store: Store, scheduler: EngineScheduler, engine: Engine, server_secret: bytes,
-                 max_running: int = 4, on_record: Callable[[str, OutRecord], None] | None = None):
+                 max_running: int = 4, on_record: Callable[[str, OutRecord], None] | None = None, workers=None):
         self.store, self.scheduler, self.engine = store, scheduler, engine
+        self.workers = workers  # a service.jobs.ray_executor.RayWorkers pool, or None: the local engine
         self.server_secret = server_secret
         self._slots = threading.Semaphore(max_running)
         self._running: dict[str, Admission] = {}
@@ -307,7 +309,7 @@ class JobRunner:
             return
         if prep is None:
             prep = reprepare(self.store, job, self.server_secret)
-        adm = Admission(self.scheduler, job_id)
+        adm = Admission(self.scheduler, job_id) if self.workers is None else self.workers.run()
         with self._lock:
             self._running[job_id] = adm
         self.store.update_job(job_id, "running")
@@ -320,6 +322,8 @@ class JobRunner:
         unstored = max(len(started) - job.results, 0)
         for rec in decode(prep, self.engine, adm, records, skip=started,
                           on_start=lambda g: self.store.mark_group_started(job_id, g)):
+            if rec.finish_reason == "worker_lost":
+                continue  # claimed, never decoded again: counted in the message below
             done += 1
             if rec.released:
                 self.store.append_result(job_id, seq, json.dumps(rec.to_json(prep.labels is not None), ensure_ascii=False))
@@ -333,6 +337,9 @@ class JobRunner:
         if self._stopping.is_set():
             return  # shutting down: resumes on restart, skipping every started group
         message = f"{seq} records; {done + len(started)} of {total} groups decoded"
+        lost = getattr(adm, "lost_groups", 0)
+        if lost:
+            message += f"; {lost} groups lost when an engine worker died (claimed before dispatch, so never decoded again)"
         if started:
             message += (f"; resumed after an interruption: {len(started)} groups had started before it and were not "
                         f"decoded again, {unstored} of them without a stored record (lost, or empty or dropped by the PII filter)")

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -255,16 +256,30 @@ class Store(Protocol):
 _TOLD = (sqlite3.Error, StoreError, DecryptionError, OSError)
 
 
+def _told_types() -> tuple[type, ...]:
+    """_TOLD, and psycopg's errors once the PostgreSQL store has loaded psycopg."""
+    pg = sys.modules.get("psycopg")
+    return (*_TOLD, pg.Error) if pg is not None else _TOLD
+
+
+def _message(x: BaseException) -> str:
+    """Its message; for a PostgreSQL error only the first line (the primary message): the
+    DETAIL lines below it may quote a row's values (a key, a failing row)."""
+    text = str(x)
+    return text.split("\n", 1)[0] if type(x).__module__.startswith("psycopg") else text
+
+
 def describe_internal(e: BaseException) -> str:
     """What the log says of an unexpected error: its type, and for a store or database error
     (or one caused by such an error) that error's message too. Other messages are left out:
     an engine's may name a group's shape."""
-    told = next((x for x in _chain(e) if isinstance(x, _TOLD)), None)
+    told_types = _told_types()
+    told = next((x for x in _chain(e) if isinstance(x, told_types)), None)
     if told is None:
         return type(e).__name__
     if told is e:
-        return f"{type(e).__name__}: {e}"
-    return f"{type(e).__name__}, caused by {type(told).__name__}: {told}"
+        return f"{type(e).__name__}: {_message(e)}"
+    return f"{type(e).__name__}, caused by {type(told).__name__}: {_message(told)}"
 
 
 def _chain(e: BaseException | None):

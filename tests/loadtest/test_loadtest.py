@@ -48,7 +48,8 @@ def test_loadtest_run(tmp_path):
     assert summary["budget_requests"] >= 1 and summary["budget_p50_ms"] is not None and summary["budget_p50_ms"] >= 0, summary
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("users=1 tokens/s=") and " in-process tokens/s=" in line and "served/in-process=" in line
-    assert f"GetBudget p50={summary['budget_p50_ms']:.0f} ms" in line and f"({summary['budget_requests']} polls)" in line
+    assert f"GetBudget p50={summary['budget_p50_ms']:.0f} ms" in line and f"({summary['budget_requests']} polls; idle p50=" in line
+    assert summary["budget_idle_p50_ms"] > 0 and summary["budget_idle_p99_ms"] >= summary["budget_idle_p50_ms"]
     assert ("PASS" in line) == summary["ratio_pass"]
 
     # locust's CSV holds every stream: streams started within the run time finish (--stop-timeout)

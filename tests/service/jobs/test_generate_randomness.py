@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 
 from service.data.packaged import export_jsonl  # noqa: E402
 from service.jobs.generate import SEEDED_NOTE, GenerateSpec, run_generate  # noqa: E402
+from text_kit import shared_leading_words  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +39,6 @@ def generate(engine, corpus, tmp_path, name, **kw) -> tuple[list[str], dict]:
                         pii="off", out=tmp_path / f"{name}.jsonl", **{"epsilon": 1.0, **kw})
     report = run_generate(spec, engine=engine)
     return [json.loads(line)["text"] for line in spec.out.read_text().splitlines()], report
-
-
-def shared_leading_words(a: list[str], b: list[str]) -> float:
-    """Mean number of leading words record i of one run shares with record i of the other."""
-    def common(x: str, y: str) -> int:
-        n = 0
-        for u, v in zip(x.split(), y.split()):
-            if u != v:
-                break
-            n += 1
-        return n
-
-    return sum(common(x, y) for x, y in zip(a, b)) / max(min(len(a), len(b)), 1)
 
 
 def test_one_seed_on_two_different_requests_shares_no_noise(engine, corpus, tmp_path):

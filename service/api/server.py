@@ -27,8 +27,9 @@ from ..engine.interface import Engine
 from ..jobs.dataset_job import JobRunner
 from ..jobs.scheduler import EngineScheduler
 from ..store.crypto import DecryptionError, load_or_create_key
-from ..store.interface import StoreError
+from ..store.interface import Store, StoreError, describe_internal
 from ..store.lock import DataDirBusy, DataDirLock
+from ..store.open import open_store
 from ..store.sqlite import SqliteStore
 from .auth import ApiKeys, AuthInterceptor
 from .datasets import DatasetsServicer
@@ -69,7 +70,13 @@ def _load_key(s: ServerSettings) -> bytes:
     return key
 
 
-def _open_store(data_dir: Path, key: bytes) -> SqliteStore:
+def _open_store(data_dir: Path, key: bytes, url: str | None = None) -> Store:
+    """SQLite in data_dir, or the store at `url` (postgresql://..., shared by several servers)."""
+    if url:
+        try:
+            return open_store(url, key)
+        except Exception as e:  # the store's own message; a password in the URL is never echoed
+            raise StartupError(f"store must be a reachable privtext database: {describe_internal(e)}") from None
     path = data_dir / "privtext.db"
     try:
         return SqliteStore(path, key)
@@ -105,7 +112,7 @@ class Server:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._lock: DataDirLock | None = None
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -129,7 +136,7 @@ class Server:
         s = self.settings
         self._lock = _lock_data_dir(s.data_dir)
         key = _load_key(s)
-        self._store = store = _open_store(s.data_dir, key)
+        self._store = store = _open_store(s.data_dir, key, s.store)
         metrics = Metrics()
         keys = ApiKeys(s.api_keys)
         opts = [("grpc.max_receive_message_length", s.max_message_bytes), ("grpc.max_send_message_length", s.max_message_bytes),
@@ -154,7 +161,8 @@ class Server:
             workers = await asyncio.to_thread(RayWorkers, s.ray, s.ray_workers, engine.name, s.model)
             log.info("batch jobs decode on %d Ray engine worker(s) (%s)", s.ray_workers, s.ray)
         runner = JobRunner(store, scheduler, engine, server_secret, s.max_running_jobs,
-                           lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released), workers=workers)
+                           lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released), workers=workers,
+                           lease_s=s.job_lease_seconds)
         self.state = ServerState(s, store, keys, engine, scheduler, runner, metrics, server_secret)
         datasets_pb2_grpc.add_DatasetsServicer_to_server(DatasetsServicer(self.state), self.server)
         generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(self.state), self.server)
@@ -167,6 +175,7 @@ class Server:
         resumed = runner.resume_all()
         if resumed:
             log.info("resumed %d unfinished job(s)", resumed)
+        runner.start_leases()
         self._gauges = asyncio.create_task(self._update_gauges())
         await self.server.start()
         for name in ("", *SERVICES):

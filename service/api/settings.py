@@ -34,6 +34,10 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)  # 0: any free port (tests)
     data_dir: Path = Path("privtext-data")
+    # The store: None for SQLite in data_dir (one server), or a postgresql:// URL that several
+    # servers share (jobs then run under leases of job_lease_seconds, taken over when they expire).
+    store: str | None = None
+    job_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     config_dir: Path = Path.home() / ".config" / "privtext"  # where a generated data key lives
     engine: str = "auto"
     model: str | None = None

@@ -21,6 +21,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -214,11 +217,21 @@ def decode(prep: Prepared, engine: Engine, admission: Admission, records: Record
 
 class JobRunner:
     """Batch jobs: each runs in its own thread over the shared scheduler, results go to the
-    store as they finish, and unfinished jobs resume after a restart."""
+    store as they finish, and unfinished jobs resume after a restart.
+
+    Several servers may share one store (PostgreSQL): a job runs under a lease that only one
+    server holds while it is live (Store.claim_job). The lease thread renews this server's
+    leases every lease_s / 3 seconds, stops decoding a job whose lease another server took, and
+    takes over unfinished jobs whose lease expired (their server died): they resume without
+    decoding a started group again or charging anything again."""
 
     def __init__(self, store: Store, scheduler: EngineScheduler, engine: Engine, server_secret: bytes,
-                 max_running: int = 4, on_record: Callable[[str, OutRecord], None] | None = None, workers=None):
+                 max_running: int = 4, on_record: Callable[[str, OutRecord], None] | None = None, workers=None,
+                 owner: str | None = None, lease_s: float = 30.0):
         self.store, self.scheduler, self.engine = store, scheduler, engine
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_s = lease_s
+        self._leases: threading.Thread | None = None
         self.workers = workers  # a service.jobs.ray_executor.RayWorkers pool, or None: the local engine
         self.server_secret = server_secret
         self._slots = threading.Semaphore(max_running)
@@ -227,19 +240,50 @@ class JobRunner:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._failed: dict[str, str] = {}  # job id -> failure the store could not record yet
+        self._lost: set[str] = set()  # jobs whose lease another server took: they end there, not here
         self.on_record = on_record
 
     def submit(self, prep: Prepared) -> JobInfo:
         job_id = self.store.create_job(prep.tenant, prep.dataset.id, prep.request.model_dump_json(), prep.ledger_id,
                                        prep.randomness.nonce)
+        self.store.claim_job(job_id, self.owner, self.lease_s)
         self._start(job_id, prep)
         return self.store.get_job(job_id)
 
     def resume_all(self) -> int:
-        jobs = self.store.list_unfinished_jobs()
-        for job in jobs:
-            self._start(job.id, None)
-        return len(jobs)
+        """Start every unfinished job that no live server holds (a restart, or a dead server's)."""
+        started = 0
+        for job in self.store.list_unfinished_jobs():
+            with self._lock:
+                mine = job.id in self._threads
+            if not mine and self.store.claim_job(job.id, self.owner, self.lease_s):
+                self._start(job.id, None)
+                started += 1
+        return started
+
+    def start_leases(self) -> None:
+        """Renew this server's leases and take over expired ones, until stop()."""
+        self._leases = threading.Thread(target=self._lease_loop, name="privtext-job-leases", daemon=True)
+        self._leases.start()
+
+    def _lease_loop(self) -> None:
+        while not self._stopping.wait(self.lease_s / 3):
+            try:
+                with self._lock:
+                    mine = list(self._threads)
+                kept = self.store.renew_leases(self.owner, mine, self.lease_s)
+                for job_id in set(mine) - kept:
+                    with self._lock:
+                        adm = self._running.get(job_id)
+                    if adm is not None:
+                        log.warning("job %s: its lease was taken over by another server; stopping here", job_id)
+                        self._lost.add(job_id)
+                        adm.cancel()
+                taken = self.resume_all()
+                if taken:
+                    log.info("took over %d job(s) whose server stopped renewing its lease", taken)
+            except Exception as e:  # the store is unreachable: try again next round
+                log.error("job leases: %s", describe_internal(e))
 
     def cancel(self, tenant: str, job_id: str) -> JobInfo:
         job = self.store.get_job(job_id, tenant)
@@ -334,8 +378,8 @@ class JobRunner:
                 self.store.update_job(job_id, "running", progress=min(done / total, 1.0))
             except Conflict:
                 adm.cancel()  # cancelled by the client: stop admitting its groups
-        if self._stopping.is_set():
-            return  # shutting down: resumes on restart, skipping every started group
+        if self._stopping.is_set() or job_id in self._lost:
+            return  # shutting down (resumes on restart) or taken over: skipping every started group
         message = f"{seq} records; {done + len(started)} of {total} groups decoded"
         lost = getattr(adm, "lost_groups", 0)
         if lost:

@@ -74,7 +74,7 @@ from .interface import (
     require_nonempty_str,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _KEY_CHECK = b"privtext key check v1"
 # Held (per transaction) while a process creates or migrates the schema, so that servers
 # starting together on an empty database neither race nor migrate twice.
@@ -153,7 +153,9 @@ CREATE TABLE jobs (
     created_at DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL,
     ledger_id BIGINT REFERENCES ledger (id),
-    nonce BYTEA
+    nonce BYTEA,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION
 );
 CREATE INDEX jobs_state ON jobs (state, created_at);
 CREATE INDEX jobs_dataset ON jobs (dataset_id);
@@ -171,7 +173,13 @@ CREATE TABLE job_groups (
 """
 
 # version n -> n + 1, each run inside the opening transaction. None yet: PostgreSQL began at 3.
-_MIGRATIONS: dict[int, Callable[[psycopg.Connection], None]] = {}
+def _migrate_3_to_4(c: psycopg.Connection) -> None:
+    """Jobs run under a lease (lease_owner, lease_until): one server at a time runs a job."""
+    c.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_owner TEXT")
+    c.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_until DOUBLE PRECISION")
+
+
+_MIGRATIONS: dict[int, Callable[[psycopg.Connection], None]] = {3: _migrate_3_to_4}
 
 
 def redacted_url(url: str) -> str:
@@ -714,6 +722,23 @@ class PostgresStore:
             f"SELECT {self._JOB_COLS} FROM jobs j WHERE j.state = ANY(%s) ORDER BY j.created_at, j.id", (list(UNFINISHED_JOB_STATES),)
         ).fetchall()
         return [JobInfo(*r) for r in rows]
+
+    def claim_job(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        """Take (or keep) the lease on an unfinished job: True if `owner` now runs it until
+        now + ttl_s; False if another owner's lease is still live or the job has finished. One
+        conditional UPDATE: two servers can never both hold a live lease."""
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET lease_owner = %s, lease_until = %s WHERE id = %s AND state = ANY(%s) "
+                "AND (lease_owner IS NULL OR lease_owner = %s OR lease_until < %s)",
+                (owner, now + ttl_s, job_id, list(UNFINISHED_JOB_STATES), owner, now),
+            )
+            return cur.rowcount == 1
+
+    def renew_leases(self, owner: str, job_ids: Sequence[str], ttl_s: float) -> set[str]:
+        """Extend the leases `owner` still holds; the ids renewed (a job taken over is not)."""
+        return {j for j in job_ids if self.claim_job(j, owner, ttl_s)}
 
     def mark_group_started(self, job_id: str, group_id: int) -> bool:
         """Claim a job's group, durably and before the engine sees it: True if this call claimed

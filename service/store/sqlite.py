@@ -63,7 +63,7 @@ from .interface import events_to_json as _events_json
 from .interface import remaining_epsilon as _remaining_epsilon
 from .interface import require_nonempty_str as _nonempty_str
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _KEY_CHECK = b"privtext key check v1"
 
 _SCHEMA = """
@@ -129,7 +129,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     ledger_id INTEGER REFERENCES ledger(id),
-    nonce BLOB
+    nonce BLOB,
+    lease_owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
 CREATE TABLE IF NOT EXISTS job_results (
@@ -166,7 +168,15 @@ def _migrate_2_to_3(c: sqlite3.Connection) -> None:
         c.execute("ALTER TABLE jobs ADD COLUMN nonce BLOB")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(c: sqlite3.Connection) -> None:
+    """Jobs run under a lease (lease_owner, lease_until): one server at a time runs a job."""
+    have = {r[1] for r in c.execute("PRAGMA table_info(jobs)")}
+    for column, kind in (("lease_owner", "TEXT"), ("lease_until", "REAL")):
+        if column not in have:
+            c.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 class SqliteStore:
@@ -657,6 +667,22 @@ class SqliteStore:
             f"SELECT {self._JOB_COLS} FROM jobs j WHERE j.state IN ({marks}) ORDER BY j.created_at, j.id", UNFINISHED_JOB_STATES
         ).fetchall()
         return [JobInfo(*r) for r in rows]
+
+    def claim_job(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        """Take (or keep) the lease on an unfinished job: True if `owner` now runs it until
+        now + ttl_s; False if another owner's lease is still live or the job has finished."""
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ? AND state IN ('queued', 'running') "
+                "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+                (owner, now + ttl_s, job_id, owner, now),
+            )
+            return cur.rowcount == 1
+
+    def renew_leases(self, owner: str, job_ids: Sequence[str], ttl_s: float) -> set[str]:
+        """Extend the leases `owner` still holds; the ids renewed (a job taken over is not)."""
+        return {j for j in job_ids if self.claim_job(j, owner, ttl_s)}
 
     def mark_group_started(self, job_id: str, group_id: int) -> bool:
         """Claim a job's group, durably and before the engine sees it: True if this call claimed

@@ -576,3 +576,38 @@ def test_an_abandoned_upload_leaves_nothing(store):
     assert store.list_datasets("acme") == []
     info = store.create_dataset("acme", "d", epsilon_cap=1.0, delta=DELTA, records=records(3), abandoned=lambda: False)
     assert store.list_datasets("acme") == [info] and store.read_records("acme", info.id) == records(3)
+
+
+def test_one_owner_at_a_time_holds_a_jobs_lease(store, backend):
+    """Several servers on one store: a job runs under a lease that only one owner holds while it
+    is live; an expired lease (its server died) can be taken over; a finished job cannot."""
+    info = make_dataset(store)
+    job = store.create_job("acme", info.id, "{}")
+    assert store.claim_job(job, "server-a", 60.0)
+    assert not store.claim_job(job, "server-b", 60.0)  # a's lease is live
+    assert store.renew_leases("server-a", [job], 60.0) == {job}
+    assert store.renew_leases("server-b", [job], 60.0) == set()
+    assert store.claim_job(job, "server-a", -1.0)  # a's lease, now expired (its server stopped renewing)
+    assert store.claim_job(job, "server-b", 60.0)  # taken over
+    assert store.renew_leases("server-a", [job], 60.0) == set()  # a learns it lost the job
+    store.update_job(job, "succeeded")
+    assert not store.claim_job(job, "server-b", 60.0)  # nothing to run
+
+
+def test_a_lease_race_has_one_winner(store, backend):
+    info = make_dataset(store)
+    job = store.create_job("acme", info.id, "{}")
+    wins: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        if store.claim_job(job, f"server-{i}", 60.0):
+            wins.append(f"server-{i}")
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1

@@ -122,6 +122,13 @@ class PgServer:
         """Every file that holds the cluster's data at rest (tables, indexes, TOAST, WAL)."""
         return [p for p in self.data_dir.rglob("*") if p.is_file()]
 
+    def pause(self) -> None:
+        """Stop the server but keep its data (a database that goes away), for resume()."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", timeout=60)
+
+    def resume(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log), "-w", "-t", "60", "start")
+
     def stop(self) -> None:
         if self.started:
             try:

@@ -20,7 +20,7 @@ from mechanisms import BudgetExceeded
 from mechanisms.accounting import CalibrationError
 
 from ..generation.corpus import CorpusError
-from ..store.interface import BudgetExhausted, Conflict, NotFound, describe_internal
+from ..store.interface import BudgetExhausted, Conflict, NotFound, describe_internal, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ def status_for(e: BaseException, subject: str = "") -> status_pb2.Status:
         return _status(grpc.StatusCode.INVALID_ARGUMENT, text, bad_request(violations))
     if isinstance(e, (ValueError, CorpusError)):
         return _status(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    if store_unreachable(e):  # nothing was charged or released: another server may take it
+        log.error("store unreachable: %s", describe_internal(e))
+        return _status(grpc.StatusCode.UNAVAILABLE, "the store is unreachable; try again, or another server")
     log.error("internal error: %s", describe_internal(e))
     return _status(grpc.StatusCode.INTERNAL, "internal error; the server log has the error type")
 

@@ -70,6 +70,9 @@ def _load_key(s: ServerSettings) -> bytes:
     return key
 
 
+STORE_CHECK_SECONDS = 2
+
+
 def _open_store(data_dir: Path, key: bytes, url: str | None = None) -> Store:
     """SQLite in data_dir, or the store at `url` (postgresql://..., shared by several servers)."""
     if url:
@@ -184,9 +187,29 @@ class Server:
                  "single tenant" if self.state.keys.single_tenant else f"{len(s.api_keys)} tenant(s)", engine.name, s.data_dir)
 
     async def _update_gauges(self) -> None:
+        """Gauges every second; the store's health every STORE_CHECK_SECONDS: a server that
+        cannot reach its database says NOT_SERVING (load balancers route around it) until it
+        can again. Requests it still gets fail with UNAVAILABLE before anything is charged."""
+        serving, tick = True, 0
         while True:
             self.state.metrics.active_groups.set(self.state.scheduler.active_groups)
             self.state.metrics.queue_depth.set(self.state.scheduler.queued_tickets)
+            if tick % STORE_CHECK_SECONDS == 0:
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(self.state.store.ping), STORE_CHECK_SECONDS)
+                    ok = True
+                except Exception as e:
+                    ok = False
+                    if serving:
+                        log.error("the store is unreachable (%s): NOT_SERVING until it is back", describe_internal(e))
+                if ok != serving:
+                    serving = ok
+                    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                    for name in ("", *SERVICES):
+                        await self.health.set(name, status)
+                    if ok:
+                        log.info("the store is reachable again: SERVING")
+            tick += 1
             await asyncio.sleep(1.0)
 
     async def stop(self, grace: float | None = None) -> None:

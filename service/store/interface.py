@@ -250,6 +250,7 @@ class Store(Protocol):
     def claim_job(self, job_id: str, owner: str, ttl_s: float) -> bool: ...
     def renew_leases(self, owner: str, job_ids: Sequence[str], ttl_s: float) -> set[str]: ...
     def mark_group_started(self, job_id: str, group_id: int) -> bool: ...
+    def ping(self) -> None: ...  # raises if the database cannot be reached (health checks)
     def started_groups(self, job_id: str) -> set[int]: ...
 
 
@@ -282,6 +283,13 @@ def describe_internal(e: BaseException) -> str:
     if told is e:
         return f"{type(e).__name__}: {_message(e)}"
     return f"{type(e).__name__}, caused by {type(told).__name__}: {_message(told)}"
+
+
+def store_unreachable(e: BaseException) -> bool:
+    """True when e (or its cause) says the database cannot be reached (a PostgreSQL connection
+    lost or refused): the request may be retried elsewhere (gRPC UNAVAILABLE), nothing of it ran."""
+    pg = sys.modules.get("psycopg")
+    return pg is not None and any(isinstance(x, pg.OperationalError) for x in _chain(e))
 
 
 def _chain(e: BaseException | None):

@@ -723,6 +723,10 @@ class PostgresStore:
         ).fetchall()
         return [JobInfo(*r) for r in rows]
 
+    def ping(self) -> None:
+        """One round trip to the database; raises if it cannot be reached."""
+        self._conn().execute("SELECT 1").fetchone()
+
     def claim_job(self, job_id: str, owner: str, ttl_s: float) -> bool:
         """Take (or keep) the lease on an unfinished job: True if `owner` now runs it until
         now + ttl_s; False if another owner's lease is still live or the job has finished. One

@@ -56,32 +56,74 @@ def test_a_job_whose_server_stops_renewing_is_taken_over_once(engine, tmp_path):
     assert len(store.ledger_rows("t", ds.id)) == entries  # nothing charged again
 
 
-@pytest.mark.slow
-def test_two_servers_on_one_postgresql_a_sigkilled_servers_job_is_finished_by_the_other(pg_server, tmp_path):
-    url = pg_server.create_database("leases")
-    env = {"PRIVTEXT_STORE": url, "PRIVTEXT_JOB_LEASE_SECONDS": "3",
+@pytest.fixture(scope="module")
+def two_servers(pg_server, tmp_path_factory):
+    """Two `privtext serve` processes on one PostgreSQL (one data key, their own data dirs)."""
+    tmp = tmp_path_factory.mktemp("two-servers")
+    env = {"PRIVTEXT_STORE": pg_server.create_database("servers"), "PRIVTEXT_JOB_LEASE_SECONDS": "3",
            "PRIVTEXT_API_KEYS": json.dumps({t: [hash_key(k)] for t, k in KEYS.items()})}
-    config = tmp_path / "config"  # one data key for both servers
-    a = Process(tmp_path / "a", config, tmp_path / "a.log", env=env)
-    b = Process(tmp_path / "b", config, tmp_path / "b.log", env=env)
-    try:
-        ca, cb = Client(a.address, KEYS["acme"]), Client(b.address, KEYS["acme"])
-        ds = ca.upload("shared", corpus(48), epsilon_cap=50.0)
-        job = ca.generation.SubmitJob(request(ds.id, records=10, max_tokens=16, epsilon=2.0), metadata=ca.md)
-        wait(lambda: cb.generation.GetJob(generation_pb2.GetJobRequest(id=job.id), metadata=cb.md).state
-             == generation_pb2.JOB_STATE_RUNNING, what="the job running on server a")
-        time.sleep(2)
-        spent = cb.budget(ds.id)
-        a.kill()  # SIGKILL: no clean-up, no lease released
-        streamed = list(cb.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=cb.md,
-                                                       timeout=600))
-        done = cb.generation.GetJob(generation_pb2.GetJobRequest(id=job.id), metadata=cb.md)
-        assert done.state == generation_pb2.JOB_STATE_SUCCEEDED, done.message
-        assert len(streamed) == done.records_done <= 10
-        after = cb.budget(ds.id)
-        assert after.entries_total == spent.entries_total and after.spent == spent.spent  # nothing charged again
-        assert "took over" in (tmp_path / "b.log").read_text()
-    finally:
-        for p in (a, b):
-            if p.proc.poll() is None:
-                p.terminate()
+    a = Process(tmp / "a", tmp / "config", tmp / "a.log", env=env)
+    b = Process(tmp / "b", tmp / "config", tmp / "b.log", env=env)
+    yield a, b, tmp
+    for p in (a, b):
+        if p.proc.poll() is None:
+            p.terminate()
+
+
+@pytest.mark.slow
+def test_a_race_spread_over_two_servers_never_overspends(two_servers):
+    """24 requests at once, round-robin over both servers, on a cap that pays for about half:
+    never over the cap, every refusal RESOURCE_EXHAUSTED before any record, one ledger entry per
+    request that ran."""
+    import threading
+
+    a, b, _ = two_servers
+    ca = Client(a.address, KEYS["acme"])
+    ds = ca.upload("race", corpus(40), epsilon_cap=3.0)
+    both = Client(f"ipv4:{a.address},{b.address}", KEYS["acme"])
+    both.channel = grpc.insecure_channel(f"ipv4:{a.address},{b.address}", options=[("grpc.lb_policy_name", "round_robin")])
+    from service.api.gen.privtext.v1 import generation_pb2_grpc
+
+    both.generation = generation_pb2_grpc.GenerationStub(both.channel)
+    outcomes: list[tuple[str, int]] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(("ok", len(both.generate(ds.id, records=1, max_tokens=2, epsilon=0.5, timeout=600))))
+        except grpc.RpcError as e:
+            outcomes.append((e.code().name, 0))
+
+    threads = [threading.Thread(target=one) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ran = sum(1 for o, _ in outcomes if o == "ok")
+    assert len(outcomes) == 24 and {o for o, _ in outcomes} <= {"ok", "RESOURCE_EXHAUSTED"}
+    assert 0 < ran < 24
+    budget = ca.budget(ds.id)
+    assert budget.spent <= 3.0 + 1e-9
+    assert budget.entries_total == 1 + ran  # the DP count, then one reservation per request that ran
+    served = [p.log.read_text().count("reserved (ledger entry") for p in (a, b)]
+    assert sum(served) == ran and all(n > 0 for n in served)  # both servers ran requests of the race
+
+
+@pytest.mark.slow
+def test_two_servers_on_one_postgresql_a_sigkilled_servers_job_is_finished_by_the_other(two_servers):
+    a, b, tmp = two_servers
+    ca, cb = Client(a.address, KEYS["acme"]), Client(b.address, KEYS["acme"])
+    ds = ca.upload("shared", corpus(48), epsilon_cap=50.0)
+    job = ca.generation.SubmitJob(request(ds.id, records=10, max_tokens=16, epsilon=2.0), metadata=ca.md)
+    wait(lambda: cb.generation.GetJob(generation_pb2.GetJobRequest(id=job.id), metadata=cb.md).state
+         == generation_pb2.JOB_STATE_RUNNING, what="the job running on server a")
+    time.sleep(2)
+    spent = cb.budget(ds.id)
+    a.kill()  # SIGKILL: no clean-up, no lease released
+    streamed = list(cb.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=cb.md,
+                                                   timeout=600))
+    done = cb.generation.GetJob(generation_pb2.GetJobRequest(id=job.id), metadata=cb.md)
+    assert done.state == generation_pb2.JOB_STATE_SUCCEEDED, done.message
+    assert len(streamed) == done.records_done <= 10
+    after = cb.budget(ds.id)
+    assert after.entries_total == spent.entries_total and after.spent == spent.spent  # nothing charged again
+    assert "took over" in (tmp / "b.log").read_text()

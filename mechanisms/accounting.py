@@ -4,10 +4,11 @@ As in dp-accounting, events are immutable descriptions of what was released; the
 set of events is computed by dp-accounting's RdpAccountant (never by a home-made composition).
 Every event privtext charges is zCDP: `ZCDpEvent(rho)` for em/amin/gate and
 `GaussianDpEvent(sigma/Delta)` for the Gaussian noisy argmax and the DP counts (rho =
-1/(2 sigma^2) after scaling), so their RDP curves are all linear in the order alpha and the
-accountant's epsilon is the (eps, delta) conversion of the summed rho, evaluated on a finite
-grid of orders. `epsilon_from_rho` gives the exact continuous optimum of that conversion;
-the accountant's figure is never below it (tests check both directions).
+1/(2 sigma^2) after scaling; each mechanism names its event, Mechanism.selection_event), so
+their RDP curves are all linear in the order alpha and the accountant's epsilon is the
+(eps, delta) conversion of the summed rho, evaluated on a finite grid of orders.
+`epsilon_from_rho` gives the exact continuous optimum of that conversion; the accountant's
+figure is never below it (tests check both directions).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 from dp_accounting import rdp
 
 from .config import DecodingConfig, require
-from .costs import charged_tokens, rho_gate, row_change_factor, rho_per_token
+from .costs import charged_tokens, rho_gate, rho_per_token
+from .registry import get
 
 # Dense RDP orders: the conversion's optimal alpha is 1 + O(sqrt(ln(1/delta)/rho)), which for
 # the budgets we serve lies between ~1.5 and ~10^4; this grid keeps the accountant within 0.1%
@@ -173,13 +175,8 @@ def generation_events(cfg: DecodingConfig, max_tokens: int, rounds: int = 1) -> 
     require(isinstance(max_tokens, int) and max_tokens >= 1, "max_tokens", "an integer >= 1", max_tokens)
     require(isinstance(rounds, int) and rounds >= 0, "rounds", "an integer >= 0", rounds)
     n = rounds * charged_tokens(cfg, max_tokens)
-    events = []
-    if cfg.mechanism == "gaussian":
-        l2 = math.sqrt(row_change_factor(cfg))
-        events.append(PrivacyEvent("gaussian", cfg.noise_multiplier / l2, n, f"gaussian noisy argmax, {n} private tokens"))
-    else:
-        rho_sel = rho_per_token(cfg) - rho_gate(cfg)
-        events.append(PrivacyEvent("zcdp", rho_sel, n, f"{cfg.mechanism} selection, {n} private tokens"))
+    kind, parameter, what = get(cfg.mechanism).selection_event(cfg, rho_per_token(cfg) - rho_gate(cfg))
+    events = [PrivacyEvent(kind, parameter, n, f"{what}, {n} private tokens")]
     if cfg.gate is not None:
         events.append(PrivacyEvent("zcdp", rho_gate(cfg), n, f"public-token gate (SVT), {n} above-threshold answers"))
     return tuple(events)
@@ -197,12 +194,14 @@ def calibrate(
     rounds: int = 1,
     other_events: Sequence[PrivacyEvent] = (),
 ) -> DecodingConfig:
-    """cfg with clip (em, amin) or noise_multiplier (gaussian) solved so that `rounds` rounds of
-    max_tokens tokens, composed with other_events, cost at most (epsilon, delta).
+    """cfg with the mechanism's calibration parameter (Mechanism.calibration: clip for em and
+    amin, noise_multiplier for gaussian) solved so that `rounds` rounds of max_tokens tokens,
+    composed with other_events, cost at most (epsilon, delta).
 
-    em/amin: rho_sel = (1/2)(f C/(N tau))^2  =>  C = N tau sqrt(2 rho_sel) / f.
-    gaussian: rho_sel = f/(2 sigma^2)        =>  sigma = sqrt(f / (2 rho_sel)).
-    The solution is checked against the accountant before it is returned.
+    The per-token selection budget rho_sel = rho_total / n - rho_gate is turned into the
+    parameter by the mechanism's closed form (Mechanism.solve; em/amin: C = N tau sqrt(2 rho_sel)
+    / f, gaussian: sigma = sqrt(f / (2 rho_sel))). The solution is checked against the
+    accountant before it is returned, nudged in the more private direction if needed.
     """
     _check_epsilon(epsilon)
     _check_delta(delta)
@@ -216,20 +215,16 @@ def calibrate(
             f"epsilon {epsilon} at delta {delta} cannot cover {n} private tokens: the gate alone costs "
             f"rho {rho_gate(cfg) * n:.4g} of the {rho_total:.4g} available; lower gate.epsilon or max tokens"
         )
-    f = row_change_factor(cfg)
-    if cfg.mechanism == "gaussian":
-        solved = cfg.replace(noise_multiplier=math.sqrt(f / (2.0 * rho_sel)))
-    else:
-        solved = cfg.replace(clip=cfg.partitions * cfg.temperature * math.sqrt(2.0 * rho_sel) / f)
-    # Floating point can put the solution a hair over; shrink by one part in 10^9 until it fits.
+    mechanism = get(cfg.mechanism)
+    param = mechanism.calibration.parameter
+    solved = cfg.replace(**{param: mechanism.solve(cfg, rho_sel)})
+    # Floating point can put the solution a hair over; move it one part in 10^9 (down for a clip,
+    # up for a noise multiplier) until it fits.
+    nudge = (1 - 1e-9) if mechanism.calibration.more_private == "smaller" else (1 + 1e-9)
     for _ in range(8):
         if epsilon_of([*other_events, *generation_events(solved, max_tokens, rounds)], delta) <= epsilon:
             return solved
-        solved = (
-            solved.replace(noise_multiplier=solved.noise_multiplier * (1 + 1e-9))
-            if cfg.mechanism == "gaussian"
-            else solved.replace(clip=solved.clip * (1 - 1e-9))
-        )
+        solved = solved.replace(**{param: getattr(solved, param) * nudge})
     raise AssertionError("calibration did not converge")  # pragma: no cover
 
 

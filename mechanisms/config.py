@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Mechanism = Literal["em", "amin", "gaussian"]
+from .registry import NAMES
+
 DEFAULT_SLOTS_PER_PARTITION = 3  # row_slots = 3N unless set
-MECHANISMS: tuple[str, ...] = ("em", "amin", "gaussian")
+MECHANISMS: Sequence[str] = NAMES  # the registry's names (mechanisms.registry), read live
 
 
 def require(ok: bool, field: str, limit: str, value: object) -> None:
@@ -64,8 +65,8 @@ class GateConfig:
 class DecodingConfig:
     """Public settings of private decoding.
 
-    mechanism: "em" (InvisibleInk difference clipping), "amin" (Amin et al. max-shift
-        clipping) or "gaussian" (Tang et al. noisy argmax); see mechanisms.select.
+    mechanism: a registered name (mechanisms.registry): "em" (InvisibleInk difference clipping),
+        "amin" (Amin et al. max-shift clipping) or "gaussian" (Tang et al. noisy argmax) built in.
     partitions: N, the public number of rows a group's average divides by.
     temperature: tau of the sampling softmax (em, amin) and of each row's distribution
         (gaussian, gate).
@@ -90,7 +91,7 @@ class DecodingConfig:
     gate: optional public-token gate.
     """
 
-    mechanism: Mechanism = "em"
+    mechanism: str = "em"
     partitions: int = 8
     temperature: float = 1.0
     clip: float = 1.0

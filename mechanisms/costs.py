@@ -1,20 +1,25 @@
-"""Sensitivities and per-token zCDP costs: the one place where each formula lives.
+"""Sensitivities and per-token zCDP costs: what the planner and the accountant charge.
+
+Each mechanism's own formulas (sensitivity, rho per token, and their derivations) live in its
+module, mechanisms/em.py, amin.py, gaussian.py, behind mechanisms.registry; the functions here
+dispatch to the registry by cfg.mechanism and add what every mechanism shares: the layout's
+row-change factor, the public-token gate, the worst-case token count.
 
 Adjacency everywhere: add or remove one privacy unit (with all its records).
 
 Default layout (one unit per row, in M public row slots per group): adding or removing a unit
 adds or removes exactly one row (its own, or the one it shares a slot with, which then keeps
 none: mechanisms.partition.build_groups), and an absent row contributes exactly what the
-average assumes for it (the public row for em, 0 for amin, nothing for gaussian). Few-shot layout (units_per_row > 1): a removed unit *changes* its row,
-so the shift doubles: per coordinate 2C/N (rho x4) for em/amin, sqrt(2) in L2 (rho x2) for
-gaussian. See docs/privacy/analysis.md, "Units, rows, groups".
+average assumes for it (the public row for em, 0 for amin, nothing for gaussian). Few-shot
+layout (units_per_row > 1): a removed unit *changes* its row, so the shift doubles: per
+coordinate 2C/N (rho x4) for em/amin, sqrt(2) in L2 (rho x2) for gaussian. See
+docs/privacy/analysis.md, "Units, rows, groups".
 """
 
 from __future__ import annotations
 
-import math
-
 from .config import DecodingConfig
+from .registry import get
 
 
 def row_change_factor(cfg: DecodingConfig) -> int:
@@ -25,34 +30,21 @@ def row_change_factor(cfg: DecodingConfig) -> int:
 def sensitivity(cfg: DecodingConfig) -> float:
     """Sensitivity of the quantity each mechanism privatises, under add/remove one unit.
 
-    em, amin: L-infinity sensitivity of the clipped average, per coordinate.
-      em   averages z_pub + clip(z_i - z_pub, -C, C) over N rows (absent = z_pub): adding or
-           removing row i moves every coordinate by clip(...)/N, at most C/N.
-      amin averages clip(z_i - max z_i + c, -c, c) over N rows (absent = 0): at most c/N.
-    gaussian: L2 sensitivity of the summed probability vectors: ||p_i||_2 <= ||p_i||_1 = 1.
-      Few-shot: ||p_i - p_i'||_2 <= sqrt(2).
+    The registered mechanism's `sensitivity` (derivations in its module's docstrings):
+      em, amin: L-infinity sensitivity of the clipped average, per coordinate (C/N, c/N);
+      gaussian: L2 sensitivity of the summed probability vectors (1).
+    Times the layout's factor (row_change_factor) in every case.
     """
-    f = row_change_factor(cfg)
-    if cfg.mechanism in ("em", "amin"):
-        return f * cfg.clip / cfg.partitions
-    return math.sqrt(f)
+    return get(cfg.mechanism).sensitivity(cfg)
 
 
 def rho_selection(cfg: DecodingConfig) -> float:
-    """zCDP of selecting one private token.
+    """zCDP of selecting one private token: the registered mechanism's `rho_selection`.
 
-    em, amin: sampling exp(u/tau) where every utility u(y) moves by at most D = sensitivity
-      is 2D/tau-bounded-range (Durfee & Rogers 2019: the log-ratio over outputs spans at most
-      max(u-u')/tau - min(u-u')/tau), and eps0-bounded-range is eps0^2/8-zCDP (Cesar & Rogers
-      2021). So rho = (2D/tau)^2 / 8 = (1/2) (D/tau)^2 = (1/2) (C/(N tau))^2 in the default
-      layout (InvisibleInk, Vinod, Pillutla & Thakurta 2025; Amin et al. 2024 with C = c).
-    gaussian: the Gaussian mechanism with L2 sensitivity D and noise sigma is D^2/(2 sigma^2)
-      -zCDP (Bun & Steinke 2016, Prop. 1.6); argmax is post-processing (Tang et al. 2024).
+    em, amin: bounded range, (1/2)(D/tau)^2; gaussian: D^2/(2 sigma^2) (derivations in
+    mechanisms/em.py, amin.py, gaussian.py).
     """
-    d = sensitivity(cfg)
-    if cfg.mechanism in ("em", "amin"):
-        return 0.5 * (d / cfg.temperature) ** 2
-    return d * d / (2.0 * cfg.noise_multiplier**2)
+    return get(cfg.mechanism).rho_selection(cfg)
 
 
 def rho_gate(cfg: DecodingConfig) -> float:

@@ -9,8 +9,11 @@ Rules the code enforces (docs/privacy/analysis.md):
 - averages divide by the public N (`cfg.partitions`), never by the number of rows present;
 - nothing here returns or stores a per-row quantity: only the chosen token ids.
 
-Each mechanism's adjacency, sensitivity and cost are stated in its aggregation function below
-and computed in `mechanisms.costs`.
+The mechanism itself (its candidate rule, aggregation and selection) is looked up in
+mechanisms.registry by `cfg.mechanism`; each states its adjacency, sensitivity and cost in its
+own module (mechanisms/em.py, amin.py, gaussian.py). What every mechanism shares stays here:
+input checks, non-finite rows as absent, the gathering of candidate logits, the per-group
+random streams (mechanisms.ops) and the public-token gate, which composes with any mechanism.
 """
 
 from __future__ import annotations
@@ -20,8 +23,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .amin import aggregate_amin
 from .config import DecodingConfig, require
 from .costs import gate_delta
+from .em import aggregate_em
+from .gaussian import aggregate_gaussian_sum
+from .ops import Coins, group_sums, laplace, pick, sample, softmax
+from .registry import Batch, get
+
+__all__ = [  # the aggregations are re-exported: tests and audits import them from here
+    "Coins", "GroupState", "aggregate_amin", "aggregate_em", "aggregate_gaussian_sum", "candidate_sets",
+    "drop_non_finite_rows", "gate_distance", "select_token", "select_tokens",
+]
 
 
 @dataclass
@@ -84,42 +97,18 @@ def candidate_sets(public_logits: np.ndarray, cfg: DecodingConfig) -> tuple[np.n
 
     Computed from the public row alone, so the set is public: a truncation chosen on private
     logits would give epsilon = infinity (a token's probability can drop to 0 under a neighbour).
+    The rule is the mechanism's (Mechanism.candidates):
     - top_k None or >= vocab: the whole vocabulary.
     - em with top_k_plus (the default): top-k+ (InvisibleInk), every token whose public logit is
       within 2C of the public k-th largest; a token further down cannot overtake the k-th after
       clipping to +-C.
     - amin, gaussian, and em without top_k_plus: the public top-k.
     """
-    g, v = public_logits.shape
-    k = cfg.top_k
-    if k is None or k >= v:
-        ids = np.broadcast_to(np.arange(v), (g, v))
-        return ids, np.ones((g, v), dtype=bool)
-    if cfg.mechanism != "em" or not cfg.top_k_plus:
-        ids = np.argpartition(-public_logits, k - 1, axis=1)[:, :k]
-        return np.sort(ids, axis=1), np.ones((g, k), dtype=bool)
-    kth = np.partition(public_logits, v - k, axis=1)[:, v - k]
-    member = public_logits >= (kth - 2.0 * cfg.clip)[:, None]
-    sizes = member.sum(axis=1)
-    width = int(sizes.max())
-    ids = np.zeros((g, width), dtype=np.int64)
-    valid = np.arange(width)[None, :] < sizes[:, None]
-    ids[valid] = np.nonzero(member)[1]  # row-major: each group's members in ascending id order
-    return ids, valid
+    return get(cfg.mechanism).candidates(public_logits, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
-# Aggregations: one per mechanism. Each returns (G, S) scores on the candidate columns.
-
-
-def _group_sums(x: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
-    """Sum the rows of x (R, S) within each group; rows of a group are contiguous."""
-    out = np.zeros((group_sizes.shape[0], x.shape[1]), dtype=x.dtype)
-    nonempty = group_sizes > 0
-    if x.shape[0]:
-        starts = np.concatenate(([0], np.cumsum(group_sizes)[:-1]))
-        out[nonempty] = np.add.reduceat(x, starts[nonempty], axis=0)
-    return out
+# Gathering: each private row's logits at its group's candidates (the mechanisms aggregate them)
 
 
 def _gather_candidates(private_logits: np.ndarray, sizes: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -134,51 +123,6 @@ def _gather_candidates(private_logits: np.ndarray, sizes: np.ndarray, ids: np.nd
     return out
 
 
-def _softmax(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    x = np.where(valid, x, -np.inf)
-    x = x - x.max(axis=1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def aggregate_em(zs: np.ndarray, zp: np.ndarray, sizes: np.ndarray, row_group: np.ndarray, cfg: DecodingConfig) -> np.ndarray:
-    """InvisibleInk difference clipping (Vinod, Pillutla & Thakurta 2025).
-
-    Row i becomes z_pub + clip(z_i - z_pub, -C, C); the group average divides by the public N
-    and an absent row counts as z_pub, so avg = z_pub + sum_i clip(z_i - z_pub, -C, C) / N.
-    Adjacency: add/remove one unit = one row. Sensitivity: C/N per coordinate. Sampling
-    softmax(avg / tau) is 2C/(N tau)-bounded-range: rho = (1/2) (C/(N tau))^2 per token.
-    Returns avg / tau.
-    """
-    d = np.clip(zs - zp[row_group], -cfg.clip, cfg.clip)
-    return (zp + _group_sums(d, sizes) / cfg.partitions) / cfg.temperature
-
-
-def aggregate_amin(zs: np.ndarray, row_max: np.ndarray, sizes: np.ndarray, cfg: DecodingConfig) -> np.ndarray:
-    """Max-shift clipping (Amin et al. 2024, private prediction for synthetic text).
-
-    Row i becomes clip(z_i - max(z_i) + c, -c, c) (max over the whole vocabulary); averaged over
-    the public N with absent rows = 0. Adjacency: add/remove one unit = one row. Sensitivity:
-    c/N per coordinate. Sampling at tau: rho = (1/2) (c/(N tau))^2 per token.
-    Returns avg / tau.
-    """
-    c = cfg.clip
-    shifted = np.clip(zs - row_max[:, None] + c, -c, c)
-    return _group_sums(shifted, sizes) / cfg.partitions / cfg.temperature
-
-
-def aggregate_gaussian_sum(zs: np.ndarray, valid_rows: np.ndarray, sizes: np.ndarray, cfg: DecodingConfig) -> np.ndarray:
-    """Summed probability vectors for the Gaussian noisy argmax (Tang et al. 2024, ICLR).
-
-    Each row's softmax(z_i / tau) is restricted to the public top-k and renormalised; the group
-    sums them (absent rows add nothing). Adjacency: add/remove one unit = one row. L2
-    sensitivity <= 1 (a probability vector). Adding N(0, sigma^2) per coordinate and taking the
-    argmax is rho = 1/(2 sigma^2) per token. Returns the sum (noise is added by the caller).
-    """
-    p = _softmax(zs / cfg.temperature, valid_rows)
-    return _group_sums(p, sizes)
-
-
 def gate_distance(zs: np.ndarray, zp: np.ndarray, valid: np.ndarray, valid_rows: np.ndarray, sizes: np.ndarray, cfg: DecodingConfig) -> np.ndarray:
     """Total-variation distance between the rows' average distribution and the public one.
 
@@ -187,58 +131,15 @@ def gate_distance(zs: np.ndarray, zp: np.ndarray, valid: np.ndarray, valid_rows:
     tau over the public candidate set (renormalised there). Removing or changing one row moves
     the sum by p_i - p_pub (or p_i - p_i'), of half-L1 norm <= 1: sensitivity 1/N.
     """
-    pp = _softmax(zp / cfg.temperature, valid)
-    p = _softmax(zs / cfg.temperature, valid_rows)
+    pp = softmax(zp / cfg.temperature, valid)
+    p = softmax(zs / cfg.temperature, valid_rows)
     rows_g = np.repeat(np.arange(sizes.shape[0]), sizes)
-    diff = _group_sums(p - pp[rows_g], sizes) / cfg.partitions
+    diff = group_sums(p - pp[rows_g], sizes) / cfg.partitions
     return 0.5 * np.abs(diff).sum(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
 # Selection
-
-
-Coins = np.random.Generator | Sequence[np.random.Generator]
-
-
-def _noise(rng: Coins, valid: np.ndarray, draw: str, scale: float = 1.0) -> np.ndarray:
-    """(G, S) noise of one kind ("gumbel", "normal") on the valid columns, 0 elsewhere.
-
-    With one generator per group, group g draws exactly its own number of valid columns from
-    its own stream, so the coins a group uses depend on nothing but that group (not on which
-    groups share the batch, nor on their candidate-set widths): a job gives the same records
-    whatever its batching, and no draw is ever shared between groups."""
-    g, s = valid.shape
-    if isinstance(rng, np.random.Generator):
-        z = rng.gumbel(size=(g, s)) if draw == "gumbel" else rng.normal(0.0, scale, size=(g, s))
-        return np.where(valid, z, 0.0)
-    require(len(rng) == g, "rng", f"one generator per group ({g})", len(rng))
-    out = np.zeros((g, s))
-    for i, (r, row) in enumerate(zip(rng, valid)):
-        n = int(row.sum())
-        z = r.gumbel(size=n) if draw == "gumbel" else r.normal(0.0, scale, size=n)
-        out[i, np.flatnonzero(row)] = z
-    return out
-
-
-def _laplace(rng: Coins, scale: float, which: np.ndarray) -> np.ndarray:
-    """(G,) Laplace draws for the groups in `which` (others 0), each from its own stream."""
-    if isinstance(rng, np.random.Generator):
-        return np.where(which, rng.laplace(0.0, scale, size=which.shape), 0.0)
-    return np.array([r.laplace(0.0, scale) if w else 0.0 for r, w in zip(rng, which)])
-
-
-def _pick(rng: Coins, which: np.ndarray) -> Coins:
-    """The generators of the groups in `which` (a single shared generator stays itself)."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    return [r for r, w in zip(rng, which) if w]
-
-
-def _sample(scores: np.ndarray, valid: np.ndarray, rng: Coins) -> np.ndarray:
-    """One draw per group from softmax(scores) over valid columns (Gumbel-max: exact)."""
-    noisy = np.where(valid, scores + _noise(rng, valid, "gumbel"), -np.inf)
-    return noisy.argmax(axis=1)
 
 
 def select_tokens(
@@ -271,7 +172,8 @@ def select_tokens(
     require(len(states) == g, "states", f"one GroupState per group ({g})", len(states))
     require(not any(s.halted for s in states), "states", "of groups that have not halted", [i for i, s in enumerate(states) if s.halted])
 
-    ids, valid = candidate_sets(public_logits, cfg)
+    mechanism = get(cfg.mechanism)
+    ids, valid = mechanism.candidates(public_logits, cfg)
     row_group = np.repeat(np.arange(g), sizes)
     zp = np.take_along_axis(public_logits, ids, axis=1).astype(np.float64)
     zs = _gather_candidates(private_logits, sizes, ids)
@@ -281,20 +183,12 @@ def select_tokens(
     if cfg.gate is not None:
         private = _gate_above(zs, zp, valid, valid_rows, sizes, cfg, rng, states)
 
-    if cfg.mechanism == "em":
-        choice = _sample(aggregate_em(zs, zp, sizes, row_group, cfg), valid, rng)
-    elif cfg.mechanism == "amin":
-        row_max = private_logits.max(axis=1).astype(np.float64)
-        choice = _sample(aggregate_amin(zs, row_max, sizes, cfg), valid, rng)
-    else:
-        summed = aggregate_gaussian_sum(zs, valid_rows, sizes, cfg)
-        noisy = summed + _noise(rng, valid, "normal", cfg.noise_multiplier)
-        choice = np.where(valid, noisy, -np.inf).argmax(axis=1)
+    choice = mechanism.choose(Batch(private_logits, sizes, row_group, ids, valid, zp, zs, valid_rows), cfg, rng)
 
     if not private.all():  # below the gate's threshold: the public row's own sample, free
         public = ~private
         choice = choice.copy()
-        choice[public] = _sample(zp[public] / cfg.temperature, valid[public], _pick(rng, public))
+        choice[public] = sample(zp[public] / cfg.temperature, valid[public], pick(rng, public))
 
     for s, is_private in zip(states, private):
         if is_private:
@@ -316,12 +210,12 @@ def _gate_above(zs, zp, valid, valid_rows, sizes, cfg: DecodingConfig, rng: Coin
     assert gate is not None
     delta = gate_delta(cfg)
     fresh = np.array([s.noisy_threshold is None for s in states])
-    thresholds = _laplace(rng, 2.0 * delta / gate.epsilon, fresh)
+    thresholds = laplace(rng, 2.0 * delta / gate.epsilon, fresh)
     for s, f, t in zip(states, fresh, thresholds):
         if f:
             s.noisy_threshold = gate.threshold + t
     distance = gate_distance(zs, zp, valid, valid_rows, sizes, cfg)
-    noisy = distance + _laplace(rng, 4.0 * delta / gate.epsilon, np.ones(len(states), dtype=bool))
+    noisy = distance + laplace(rng, 4.0 * delta / gate.epsilon, np.ones(len(states), dtype=bool))
     above = noisy >= np.array([s.noisy_threshold for s in states])
     for s, a in zip(states, above):
         if a:

@@ -76,7 +76,10 @@ def build_generate_request(ns: argparse.Namespace) -> generation_pb2.GenerateReq
     else:
         req.epsilon = ns.epsilon
     if ns.mechanism:
-        req.mechanism = pb.Mechanism.Value(f"MECHANISM_{ns.mechanism.upper()}")
+        if f"MECHANISM_{ns.mechanism.upper()}" in pb.Mechanism.keys():
+            req.mechanism = pb.Mechanism.Value(f"MECHANISM_{ns.mechanism.upper()}")
+        else:  # a mechanism registered after the proto: sent by name
+            req.mechanism_name = ns.mechanism
     if ns.pii:
         req.pii_policy = pb.PiiPolicy.Value(f"PII_POLICY_{ns.pii.upper()}")
     if ns.labels is not None:
@@ -353,7 +356,9 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epsilon", type=float, help="epsilon this request spends")
     budget.add_argument("--preset", help="a budget preset defined by the server, e.g. low, medium, high")
-    p.add_argument("--mechanism", choices=("em", "amin", "gaussian"), default=None, help="default: the server's (em)")
+    from mechanisms.registry import names as mechanism_names
+
+    p.add_argument("--mechanism", choices=mechanism_names(), default=None, help="default: the server's (em)")
     for flag, kind in (("--partitions", int), ("--temperature", float), ("--top-k", int), ("--units-per-row", int),
                        ("--row-slots", int), ("--max-row-tokens", int),
                        ("--gate-threshold", float), ("--gate-epsilon", float), ("--gate-max-private", int), ("--seed", int)):

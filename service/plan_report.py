@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from mechanisms import Plan, epsilon_from_rho, loose_epsilon_from_rho
 from mechanisms.costs import sensitivity
+from mechanisms.registry import get
 
 
 def plan_table(p: Plan) -> str:
     cfg = p.config
+    mechanism = get(cfg.mechanism)  # its calibrated parameter, candidate note and sensitivity's norm
     rows: list[tuple[str, str]] = [
         ("mechanism", cfg.mechanism),
         ("partitions (N)", str(cfg.partitions)),
@@ -20,13 +22,11 @@ def plan_table(p: Plan) -> str:
         ("max tokens per record", f"{p.max_tokens:,} (charged: {p.charged_tokens_per_record:,} private tokens, the worst case)"),
         ("temperature", f"{cfg.temperature:g}"),
     ]
-    if cfg.mechanism == "gaussian":
-        rows.append(("noise multiplier (sigma)", f"{cfg.noise_multiplier:.4g}"))
-    else:
-        rows.append(("clip (C)", f"{cfg.clip:.4g}"))
+    cal = mechanism.calibration
+    rows.append((cal.label, f"{getattr(cfg, cal.parameter):.4g}"))
     rows += [
-        ("top-k (public candidates)", "whole vocabulary" if cfg.top_k is None else f"{cfg.top_k}{'+ (within 2C of the k-th)' if cfg.mechanism == 'em' and cfg.top_k_plus else ''}"),
-        ("sensitivity", f"{sensitivity(cfg):.4g} ({'per coordinate' if cfg.mechanism != 'gaussian' else 'L2'})"),
+        ("top-k (public candidates)", "whole vocabulary" if cfg.top_k is None else f"{cfg.top_k}{mechanism.candidates_note(cfg)}"),
+        ("sensitivity", f"{sensitivity(cfg):.4g} ({mechanism.sensitivity_norm})"),
     ]
     if cfg.gate is not None:
         g = cfg.gate

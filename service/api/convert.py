@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from mechanisms import PrivacyEvent
 from mechanisms.accounting import epsilon_of
+from mechanisms.registry import names as mechanism_names
 
 from ..jobs.generate import JobRequest
 from ..jobs.records import OutRecord
@@ -21,14 +22,24 @@ from .errors import ApiError
 from .gen.privtext.v1 import datasets_pb2, generation_pb2
 from .settings import ServerSettings
 
-MECHANISMS = {generation_pb2.MECHANISM_UNSPECIFIED: "em", generation_pb2.MECHANISM_EM: "em",
-              generation_pb2.MECHANISM_AMIN: "amin", generation_pb2.MECHANISM_GAUSSIAN: "gaussian"}
 POLICIES = {generation_pb2.PII_POLICY_REDACT: "redact", generation_pb2.PII_POLICY_DROP: "drop",
             generation_pb2.PII_POLICY_REPORT: "report"}
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "halted": "budget"}
 JOB_STATES = {"queued": generation_pb2.JOB_STATE_QUEUED, "running": generation_pb2.JOB_STATE_RUNNING,
               "succeeded": generation_pb2.JOB_STATE_SUCCEEDED, "failed": generation_pb2.JOB_STATE_FAILED,
               "cancelled": generation_pb2.JOB_STATE_CANCELLED}
+
+
+def mechanism_name(value: int) -> str | None:
+    """The registered mechanism of a Mechanism enum value, by name (MECHANISM_AMIN -> "amin";
+    unset -> JobRequest's default); None for a value the proto or the registry does not know."""
+    if value == generation_pb2.MECHANISM_UNSPECIFIED:
+        return JobRequest.model_fields["mechanism"].default
+    try:
+        name = generation_pb2.Mechanism.Name(value).removeprefix("MECHANISM_").lower()
+    except ValueError:
+        return None
+    return name if name in mechanism_names() else None
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -134,7 +145,13 @@ def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[s
         epsilon = s.presets[m.preset]
     else:
         epsilon = m.epsilon  # JobRequest checks it (finite, > 0)
-    if m.mechanism not in MECHANISMS:
+    if m.mechanism_name:
+        if m.mechanism_name not in mechanism_names():
+            raise _invalid("mechanism_name", f"must be one of {', '.join(mechanism_names())}, got {m.mechanism_name[:64]!r}")
+        mechanism = m.mechanism_name
+    else:
+        mechanism = mechanism_name(m.mechanism)
+    if mechanism is None:
         raise _invalid("mechanism", f"unknown value {m.mechanism}")
     if m.pii_policy not in POLICIES:
         raise _invalid("pii_policy", f"unknown value {m.pii_policy}")
@@ -154,7 +171,7 @@ def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[s
         if g.HasField("max_private"):
             fields["gate_max_private"] = g.max_private
     req = JobRequest(
-        records=records, max_tokens=m.max_tokens, epsilon=epsilon, mechanism=MECHANISMS[m.mechanism],
+        records=records, max_tokens=m.max_tokens, epsilon=epsilon, mechanism=mechanism,
         label_counts=dict(m.label_counts) or None, labels=tuple(m.labels) or None, pii=POLICIES[m.pii_policy],
         seed=m.seed if m.HasField("seed") else None, stop=tuple(m.stop), **fields,
     )

@@ -116,11 +116,11 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
 
     async def GetDataset(self, request, context):
         await self._check_id(context, request.id)
-        info = await self.s.call(context, self.s.store.get_dataset, self.s.tenant(context), request.id)
+        info = await self.s.read(context, self.s.store.get_dataset, self.s.tenant(context), request.id)
         return convert.dataset(info)
 
     async def ListDatasets(self, request, context):
-        infos = await self.s.call(context, self.s.store.list_datasets, self.s.tenant(context))
+        infos = await self.s.read(context, self.s.store.list_datasets, self.s.tenant(context))
         return datasets_pb2.ListDatasetsResponse(datasets=[convert.dataset(i) for i in sorted(infos, key=lambda i: -i.created_at)])
 
     async def DeleteDataset(self, request, context):
@@ -137,5 +137,5 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
     async def GetBudget(self, request, context):
         """One dataset row and the most recent budget_entries ledger rows, whatever the ledger's length."""
         await self._check_id(context, request.id)
-        b = await self.s.call(context, self.s.store.budget, self.s.tenant(context), request.id, self.s.settings.budget_entries)
+        b = await self.s.read(context, self.s.store.budget, self.s.tenant(context), request.id, self.s.settings.budget_entries)
         return convert.budget(b)

@@ -74,11 +74,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         return convert.job(info, prep.plan.records, prep.plan.epsilon)
 
     async def _job(self, context, info: JobInfo):
-        total, eps = await self.s.call(context, reserved, self.s.store, info)
+        total, eps = await self.s.read(context, reserved, self.s.store, info)
         return convert.job(info, total, eps)
 
     async def GetJob(self, request, context):
-        info = await self.s.call(context, self.s.runner.get_job, request.id, self.s.tenant(context))
+        info = await self.s.read(context, self.s.runner.get_job, request.id, self.s.tenant(context))
         return await self._job(context, info)
 
     async def CancelJob(self, request, context):
@@ -93,8 +93,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         if not 0 <= offset <= total:
             await abort_for(context, ApiError(grpc.StatusCode.OUT_OF_RANGE, f"offset: must be in [0, {total}] (records_total), got {offset}", "offset"))
         while True:
-            info = await self.s.call(context, self.s.runner.get_job, request.id, tenant)
-            rows = await self.s.call(context, self.s.store.results, request.id, offset, None, tenant)
+            info = await self.s.read(context, self.s.runner.get_job, request.id, tenant)
+            rows = await self.s.read(context, self.s.store.results, request.id, offset, None, tenant)
             for row in rows:
                 yield convert.stored_record(offset, json.loads(row))
                 offset += 1

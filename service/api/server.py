@@ -224,6 +224,7 @@ class Server:
         if self.state.runner.workers is not None:
             await asyncio.to_thread(self.state.runner.workers.close)
         self.state.streams.shutdown(wait=False)
+        self.state.reads.shutdown(wait=False)
         self._release_lock()
         log.info("stopped")
 

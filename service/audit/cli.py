@@ -29,7 +29,7 @@ def cmd(a: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Register `audit` on the top-level subparsers object."""
-    from mechanisms import MECHANISMS
+    from mechanisms.registry import names as mechanism_names
 
     p = subparsers.add_parser(
         "audit",
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--held-out", type=int, default=None, help="canaries never inserted (default: once + repeated)")
     p.add_argument("--epsilon", type=float, default=None, help="the generation job's epsilon (default: 3)")
     p.add_argument("--delta", type=float, default=None, help="the generation job's delta (default: 1e-5)")
-    p.add_argument("--mechanism", choices=MECHANISMS, default=None, help="mechanism of the generation job (default: em)")
+    p.add_argument("--mechanism", choices=mechanism_names(), default=None, help="mechanism of the generation job (default: em)")
     p.add_argument("--partitions", type=int, default=None, help="N, rows per group (default: 8)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per synthetic record (default: 32)")
     p.add_argument("--records", type=int, default=None, help="synthetic records (default: the groups of one round)")

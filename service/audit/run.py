@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from mechanisms import DecodingConfig, PrivacyEvent, epsilon_of, group_count, plan
+from mechanisms.registry import names as mechanism_names
 
 from . import canaries as cn
 from . import mia
 from .tokens import ALPHA, audit_token
-
-MECHANISMS_AUDITED = ("em", "amin", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | N
     t0 = time.time()
     token_delta = s.token_delta if s.token_delta is not None else s.delta
     per_token = {}
-    for i, m in enumerate(MECHANISMS_AUDITED):
+    for i, m in enumerate(mechanism_names()):  # every registered mechanism, each on its own seed
         cfg = plan(units=units, records=records, max_tokens=s.max_tokens, delta=s.delta, epsilon=s.epsilon,
                    config=DecodingConfig(mechanism=m, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k)).config
         a = audit_token(cfg, s.draws, s.seed + 1000 * (i + 1), s.alpha, token_delta)

@@ -9,11 +9,13 @@ D holds a crafted row, D' lacks it; every other row (the "background") is in bot
 n identical groups is n independent calls of `select_token` on the same input (each group gets
 its own randomness), so `draw` makes n calls of the mechanism in one `select_tokens` call.
 
-What each mechanism claims per private token (mechanisms.costs states the sensitivity D):
-- em, amin: pure epsilon. Sampling exp(u / tau) where every utility moves by at most D is
+What each mechanism claims per private token (mechanisms.costs states the sensitivity D; the
+registry says which claim, Mechanism.audit_claim, and crafts the neighbours,
+Mechanism.audit_neighbours):
+- em, amin ("pure"): pure epsilon. Sampling exp(u / tau) where every utility moves by at most D is
   eps0 = 2 D / tau bounded-range, hence eps0-DP: for every token y,
   |log P_D(y) - log P_D'(y)| <= eps0 = 2 C / (N tau). (Its zCDP cost is rho = eps0^2 / 8.)
-- gaussian: no pure epsilon. The noisy argmax is post-processing of a Gaussian mechanism with
+- gaussian ("gaussian-dp"): no pure epsilon. The noisy argmax is post-processing of a Gaussian mechanism with
   L2 sensitivity D and noise sigma: mu = D / sigma Gaussian DP, i.e. for every event E and
   eps >= 0, P_D(E) <= e^eps P_D'(E) + delta_mu(eps) (tight profile, Balle & Wang 2018), and
   rho = mu^2 / 2. Its "per-token epsilon" is stated at a per-token delta: eps_mu(delta), the
@@ -49,7 +51,8 @@ import numpy as np
 from scipy import optimize, stats
 
 from mechanisms import DecodingConfig, GroupState, select_tokens
-from mechanisms.costs import rho_selection, sensitivity
+from mechanisms.costs import rho_selection
+from mechanisms.registry import get, mechanisms
 
 ALPHA = 1e-3  # family-wise error of each confidence statement
 EPS_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
@@ -233,11 +236,9 @@ class Case:
         return len(self.public)
 
     def crafted(self) -> np.ndarray:
-        """The extreme row: after clipping it sits at +C on token 0 and -C on token 1."""
-        c, z = self.clip, np.asarray(self.public, dtype=float)
-        if self.mechanism == "em":  # z_pub + clip(z - z_pub): +C, -C, 0, ...
-            return z + np.r_[10 * c, -10 * c, np.zeros(self.v - 2)]
-        return np.r_[10.0, -10.0, np.full(self.v - 2, 10.0 - c)]  # shifted: c, -c, 0, ...
+        """The extreme row: after clipping it sits at +C on token 0 and -C on token 1
+        (the mechanism's Mechanism.crafted_row against this public row)."""
+        return np.asarray(get(self.mechanism).crafted_row(self.cfg, self.public), dtype=float)
 
     def d_rows(self, copies: int = 1) -> np.ndarray:
         return np.vstack([_rows(self.background, self.v), *[self.crafted()] * copies])
@@ -268,39 +269,20 @@ def amin_background(c: float, v: int, n: int) -> tuple:
 
 
 def worst_case(cfg: DecodingConfig, low_prob: float = 0.1, seed: int = 0) -> Case:
-    """Binary (V = 2) em/amin neighbours near the bounded-range worst case.
+    """Binary (V = 2) neighbours near the bounded-range worst case, for a mechanism whose claim is
+    pure epsilon (em, amin): its Mechanism.audit_neighbours as a Case.
 
     The crafted row moves token 0 by +D and token 1 by -D (D = C/N, scores / tau); the
     background makes token 0 unlikely under D' (probability low_prob), so that D's token-0
     probability rises by nearly the whole range: log P_D(0) - log P_D'(0) -> eps0 as
     low_prob -> 0. low_prob trades tightness for the variance of the estimate.
-    em: the public row carries the log-odds (absent rows count as the public row, so no
-    background rows are needed). amin: rows shifting to (c - d_j, c), with sum d_j = L N tau.
     """
-    if cfg.mechanism not in ("em", "amin"):
-        raise ValueError(f"mechanism must be em or amin, got {cfg.mechanism!r}")
-    log_odds = math.log((1 - low_prob) / low_prob)  # score of token 1 minus token 0 under D'
-    c, n, tau = cfg.clip, cfg.partitions, cfg.temperature
-    if cfg.mechanism == "em":
-        return Case("em", c, n, tau, (0.0, tau * log_odds), (), None, seed)
-    total = log_odds * n * tau
-    m = max(1, math.ceil(total / (2 * c) - 1e-12))
-    d = total / m  # <= 2c
-    bg = tuple((10.0 - d, 10.0) for _ in range(m))  # shifted: (c - d, c)
-    return Case("amin", c, n, tau, (0.0, 0.0), bg, None, seed)
-
-
-def gaussian_worst_case(cfg: DecodingConfig) -> tuple[tuple, tuple, tuple]:
-    """(public, D rows, D' rows) for the gaussian noisy argmax over two candidates.
-
-    The crafted row is a point mass on token 0 (probability vector (1, 0): the full L2 shift
-    of 1); one background row with probabilities (1/4, 3/4) centres the decision, so that
-    P_D(0) = Phi(1/(2 s)) and P_D'(0) = Phi(-1/(2 s)), s = sigma sqrt 2: the largest
-    total-variation distance a shift of 1 can make between two binary argmax outcomes."""
-    tau = cfg.temperature
-    crafted = (30.0 * tau, -30.0 * tau)
-    background = (tau * math.log(0.25), tau * math.log(0.75))
-    return (0.0, 0.0), (background, crafted), (background,)
+    m = get(cfg.mechanism)
+    if m.audit_claim != "pure":
+        pure = [x.name for x in mechanisms() if x.audit_claim == "pure"]
+        raise ValueError(f"mechanism must be one with a pure-epsilon claim ({', '.join(pure)}), got {cfg.mechanism!r}")
+    n = m.audit_neighbours(cfg, low_prob)
+    return Case(cfg.mechanism, cfg.clip, cfg.partitions, cfg.temperature, n.public, n.background, None, seed)
 
 
 EXTREME = (30.0, -30.0)  # gaussian: a point mass on token 0 (tau = 1)
@@ -358,11 +340,13 @@ class TokenAudit:
 
 
 def claimed_epsilon(cfg: DecodingConfig, delta: float) -> float:
-    """The per-token epsilon the mechanism claims: eps0 = 2D/tau (em, amin; pure), or the
-    epsilon at `delta` of the Gaussian mechanism with mu = D/sigma (gaussian)."""
-    if cfg.mechanism in ("em", "amin"):
-        return 2.0 * sensitivity(cfg) / cfg.temperature
-    return gaussian_epsilon(sensitivity(cfg) / cfg.noise_multiplier, delta)
+    """The per-token epsilon the mechanism claims (Mechanism.claimed_bound): eps0 = 2D/tau for a
+    pure claim (em, amin), or the epsilon at `delta` of the Gaussian mechanism with mu = D/sigma
+    for a gaussian-dp claim (gaussian)."""
+    m = get(cfg.mechanism)
+    if m.audit_claim == "pure":
+        return m.claimed_bound(cfg)
+    return gaussian_epsilon(m.claimed_bound(cfg), delta)
 
 
 def audit_token(
@@ -378,16 +362,17 @@ def audit_token(
     """Audit one selection step of cfg's mechanism on its crafted worst-case neighbours.
 
     claimed: the per-token epsilon to test against (default: what the mechanism claims, see
-    `claimed_epsilon`); for gaussian it is converted to the mu whose epsilon at `delta` it is.
-    select: the mechanism (default mechanisms.select_tokens). delta: the per-token delta of the
-    gaussian figures (ignored by em and amin, which claim pure epsilon). Default layout only:
+    `claimed_epsilon`); for a gaussian-dp claim it is converted to the mu whose epsilon at
+    `delta` it is. select: the mechanism (default mechanisms.select_tokens). delta: the
+    per-token delta of the gaussian-dp figures (ignored by pure claims: em, amin). Default layout only:
     cfg.units_per_row must be 1 and cfg.gate None (the gate has its own tests).
     """
     if cfg.units_per_row != 1 or cfg.gate is not None:
         raise ValueError("the per-token audit covers the default layout without a gate (units_per_row=1, gate=None)")
     cfg = cfg.replace(top_k=None)  # candidates: the crafted input's whole (2-token) vocabulary
     rho = rho_selection(cfg)
-    if cfg.mechanism in ("em", "amin"):
+    m = get(cfg.mechanism)
+    if m.audit_claim == "pure":
         case = worst_case(cfg, low_prob, seed)
         d = draw(cfg, case.d_rows(), case.public, draws, seed, select)
         dp = draw(cfg, case.dp_rows(), case.public, draws, seed + 1, select)
@@ -395,16 +380,16 @@ def audit_token(
         claim = claimed_epsilon(cfg, 0.0) if claimed is None else claimed
         return TokenAudit(cfg.mechanism, "pure", claim, lcb, point, 0.0, rho, draws, alpha, cfg.to_dict(),
                           {"low_prob": low_prob, "counts_d": d.tolist(), "counts_d_prime": dp.tolist()})
-    public, d_rows, dp_rows = gaussian_worst_case(cfg)
-    d = draw(cfg, d_rows, public, draws, seed, select)
-    dp = draw(cfg, dp_rows, public, draws, seed + 1, select)
+    n = m.audit_neighbours(cfg, low_prob)
+    d = draw(cfg, n.d_rows, n.public, draws, seed, select)
+    dp = draw(cfg, n.dp_rows, n.public, draws, seed + 1, select)
     profile = profile_excess(d, dp, draws, alpha, AUDIT_EPS_GRID)
     mu_lo, mu_point = mu_lower_bound(profile, 1), mu_lower_bound(profile, 2)
-    mu_claim = sensitivity(cfg) / cfg.noise_multiplier
+    mu_claim = m.claimed_bound(cfg)
     if claimed is not None:  # the mu whose epsilon at delta is the given claim
         mu_claim = gaussian_mu_for(claimed, delta)
     claim = gaussian_epsilon(mu_claim, delta)
-    return TokenAudit("gaussian", "gaussian-dp", claim, gaussian_epsilon(mu_lo, delta), gaussian_epsilon(mu_point, delta), delta,
+    return TokenAudit(cfg.mechanism, "gaussian-dp", claim, gaussian_epsilon(mu_lo, delta), gaussian_epsilon(mu_point, delta), delta,
                       rho, draws, alpha, cfg.to_dict(),
                       {"mu_claimed": mu_claim, "mu_lower": mu_lo, "mu_point": mu_point, "counts_d": d.tolist(),
                        "counts_d_prime": dp.tolist(),

@@ -13,11 +13,21 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mechanisms.registry import get, names as mechanism_names
+
 from .suite import percent
 
 RAW, PRIVATE, ACCENT = "#7f7f7f", "#1f77b4", "#d62728"
-COLORS = {"em": "#1f77b4", "amin": "#ff7f0e", "gaussian": "#2ca02c", "em+gate": "#9467bd"}
+VARIANT_COLORS = {"em+gate": "#9467bd"}  # bench's own variants; a mechanism's colour is its registry PlotStyle
 PHASES = (("prefill", "#9ecae1"), ("decode", "#3182bd"), ("selection", "#e6550d"), ("other", "#bdbdbd"))
+
+
+def mechanism_color(label: str, default: str | None = None) -> str | None:
+    """The colour of a bench label: a registered mechanism's PlotStyle colour, a variant's own
+    (VARIANT_COLORS), else default."""
+    if label in VARIANT_COLORS:
+        return VARIANT_COLORS[label]
+    return get(label).style.colour if label in mechanism_names() else default
 
 
 def _figure(d: dict, what: str, panels: int) -> tuple[Figure, list]:
@@ -43,7 +53,7 @@ def throughput(d: dict) -> Figure:
     )
     names = ["raw", *mechs]
     values = [first["raw_tokens_per_s"], *(p["private_tokens_per_s"] for p in mechs.values())]
-    bars = ax.bar(names, values, color=[RAW, *(COLORS.get(k, PRIVATE) for k in mechs)])
+    bars = ax.bar(names, values, color=[RAW, *(mechanism_color(k, PRIVATE) for k in mechs)])
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.axhline(first["raw_tokens_per_s"] / (n + 1), color=ACCENT, ls="--", lw=1, label="raw / (N+1): efficiency 1")
     ax.set_ylabel("tokens/s (raw: rows x tokens; private: synthetic tokens)")
@@ -51,7 +61,7 @@ def throughput(d: dict) -> Figure:
     ax.legend(fontsize=8)
 
     eff = [p["efficiency"] for p in mechs.values()]
-    bars = ax_eff.bar(list(mechs), eff, color=[COLORS.get(k, PRIVATE) for k in mechs])
+    bars = ax_eff.bar(list(mechs), eff, color=[mechanism_color(k, PRIVATE) for k in mechs])
     ax_eff.bar_label(bars, fmt="%.2f", fontsize=8)
     ax_eff.axhline(1.0, color=ACCENT, ls="--", lw=1, label="1: no cost beyond the shared forwards")
     ax_eff.set_ylabel("efficiency = private tokens/s x (N+1) / raw tokens/s")
@@ -126,8 +136,8 @@ def selection(d: dict) -> Figure:
     for mech in dict.fromkeys(r["mechanism"] for r in sel["results"]):
         rows = sorted((r for r in sel["results"] if r["mechanism"] == mech), key=lambda r: r["partitions"])
         xs = [r["partitions"] for r in rows]
-        ax.plot(xs, [r["step_ms_median"] for r in rows], "o-", color=COLORS.get(mech), label=mech)
-        ax_g.plot(xs, [r["ms_per_group_step"] for r in rows], "o-", color=COLORS.get(mech), label=mech)
+        ax.plot(xs, [r["step_ms_median"] for r in rows], "o-", color=mechanism_color(mech), label=mech)
+        ax_g.plot(xs, [r["ms_per_group_step"] for r in rows], "o-", color=mechanism_color(mech), label=mech)
     ax.set_ylabel(f"ms per step ({sel['groups']} groups)")
     ax_g.set_ylabel("ms per group-step")
     for a in (ax, ax_g):

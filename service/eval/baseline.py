@@ -8,13 +8,11 @@ lives here and is never reachable from the server or `privtext generate`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
-from mechanisms import DecodingConfig, JobRandomness
-from mechanisms.select import candidate_sets
+from mechanisms.ops import public_top_k
 
 from ..generation.selector import MechanismSelector
 
@@ -22,13 +20,9 @@ from ..generation.selector import MechanismSelector
 class NonPrivateSelector(MechanismSelector):
     """softmax(mean_i z_i / tau) over the public top-k (amin's and gaussian's candidate set)."""
 
-    def __init__(self, cfg: DecodingConfig, randomness: JobRandomness):
-        super().__init__(cfg, randomness)
-        self._candidates = dataclasses.replace(cfg, mechanism="amin", gate=None)
-
     def select(self, group_ids: Sequence[int], private_logits: np.ndarray, group_sizes: np.ndarray, public_logits: np.ndarray) -> np.ndarray:
         public_logits = np.asarray(public_logits, dtype=np.float64)
-        ids, _ = candidate_sets(public_logits, self._candidates)
+        ids, _ = public_top_k(public_logits, self.cfg.top_k)
         out = np.empty(len(group_ids), dtype=np.int64)
         start = 0
         for g, (gid, n) in enumerate(zip(group_ids, np.asarray(group_sizes).tolist())):

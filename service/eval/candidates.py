@@ -28,7 +28,7 @@ from mechanisms import DecodingConfig, JobRandomness
 from mechanisms.select import candidate_sets
 
 from ..generation.selector import MechanismSelector
-from .runner import SETUPS, EvalSettings, _write_jsonl, dataset_split, generate_cell
+from .runner import SETUPS, EvalSettings, write_jsonl, dataset_split, generate_cell
 
 
 class CandidateProbe(MechanismSelector):
@@ -81,7 +81,7 @@ def measure(dataset: str, epsilons: Sequence[float], out: Path, records: int = 3
         folder = out / dataset
         folder.mkdir(parents=True, exist_ok=True)
         data = dataset_split(dataset, s)
-        _write_jsonl(data.train, folder / "train.jsonl")
+        write_jsonl(data.train, folder / "train.jsonl")
         if engine is None:
             from ..engine.loader import load_engine
 

@@ -74,7 +74,8 @@ def _settings(a: argparse.Namespace, **override):
 
 
 def cmd(a: argparse.Namespace) -> int:
-    from .report import verdicts, write_report
+    from .report import verdicts
+    from .write import write_report
     from .runner import GRID, claim_folder, run_eval
     from .seeds import combine, seed_folder
 
@@ -113,7 +114,7 @@ def cmd(a: argparse.Namespace) -> int:
 def _run_sweep(a: argparse.Namespace, settings, out: Path, command: str, say) -> int:
     """--sweep: the grid once per value, each into OUT/<setting>-<value>, then one table."""
     from . import sweep
-    from .report import write_report
+    from .write import write_report
     from .runner import GRID, claim_folder, run_eval
 
     name, values = a.sweep
@@ -142,12 +143,14 @@ def _run_sweep(a: argparse.Namespace, settings, out: Path, command: str, say) ->
 
 def add_parser(sub) -> None:
     """Register `eval` on the top-level subparsers object."""
+    from mechanisms.registry import names as mechanism_names
+
     p = sub.add_parser("eval", help="utility of DP synthetic data on real labelled corpora: train on synthetic, test on real")
     p.add_argument("--out", required=True, help="folder for records, results.json, report.md and plots (a rerun resumes)")
     p.add_argument("--fast", action="store_true", help="the CI subset: sms-spam, epsilon 3 and inf, em, 16 records of 12 tokens")
     p.add_argument("--datasets", type=_names, default=None, help="comma-separated: sms-spam,trec,rotten-tomatoes (default: all)")
     p.add_argument("--epsilons", type=_floats, default=None, help="comma-separated, inf = no privacy (default: 1,3,10,inf)")
-    p.add_argument("--mechanisms", type=_names, default=None, help="comma-separated: em,amin,gaussian (default: all)")
+    p.add_argument("--mechanisms", type=_names, default=None, help=f"comma-separated: {','.join(mechanism_names())} (default: all)")
     p.add_argument("--records", type=int, default=None, help="synthetic records per cell (default: 100)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per record (default: per dataset, 24-40)")
     p.add_argument("--partitions", type=int, default=None, help="N, rows per group (default: 8)")

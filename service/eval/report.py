@@ -9,13 +9,26 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from mechanisms import registry
+
 CLASSIFIERS = (("tfidf", "TF-IDF + LR"), ("minilm", "MiniLM + LR"))
 METRIC = "balanced_accuracy"  # the headline (scores.accuracy says why)
-COLOURS = {"em": "C0", "amin": "C1", "gaussian": "C2", "none": "black"}  # one colour per mechanism across the eval plots
-STYLES = (("em", "o-"), ("amin", "s-"), ("gaussian", "^-"))
+NO_PRIVACY_COLOUR = "black"  # the epsilon = inf cell ("none"); each mechanism's colour is its registry PlotStyle
+
+
+def colour(mechanism: str) -> str:
+    """One colour per mechanism across the eval plots (Mechanism.style), black for "none"."""
+    return NO_PRIVACY_COLOUR if mechanism == "none" else registry.get(mechanism).style.colour
+
+
+def styles() -> list[tuple[str, str]]:
+    """(mechanism, matplotlib format "<marker>-") of every registered mechanism, in registry order."""
+    return [(m.name, f"{m.style.marker}-") for m in registry.mechanisms()]
+
+
 # the reference lines every accuracy plot draws; "real" keeps clear of the mechanisms' colours (and bench's em+gate, C4)
 REFERENCE = {
-    "none": {"color": COLOURS["none"], "ls": "-.", "lw": 1},
+    "none": {"color": NO_PRIVACY_COLOUR, "ls": "-.", "lw": 1},
     "real": {"color": "C5", "ls": "--", "lw": 1},
     "majority": {"color": "grey", "ls": ":", "lw": 1},
 }
@@ -23,20 +36,20 @@ GOAL_EPSILON = 3.0
 GOAL_RATIO = 0.9  # the issue's aim: at epsilon 3, >= 90% of the non-private pipeline's accuracy
 
 
-def _eps(cell: dict) -> float:
+def cell_epsilon(cell: dict) -> float:
     return math.inf if cell["epsilon"] == "inf" else float(cell["epsilon"])
 
 
-def _finite_epsilons(cells) -> list[float]:
+def finite_epsilons(cells) -> list[float]:
     """The private epsilons among these cells, ascending (the no-privacy cell left out)."""
-    return sorted({_eps(c) for c in cells if not math.isinf(_eps(c))})
+    return sorted({cell_epsilon(c) for c in cells if not math.isinf(cell_epsilon(c))})
 
 
 def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _acc(scores: dict | None) -> float | None:
+def accuracy(scores: dict | None) -> float | None:
     return None if scores is None else scores[METRIC]
 
 
@@ -68,18 +81,18 @@ def verdicts(results: dict) -> list[str]:
         ceiling = cells.get("none-inf")
         at_goal = cells.get(f"em-eps{GOAL_EPSILON:g}")
         for key, label in CLASSIFIERS:
-            if ceiling and at_goal and _acc(ceiling[key]) and _acc(at_goal[key]) is not None:
-                ratio = _acc(at_goal[key]) / _acc(ceiling[key])
+            if ceiling and at_goal and accuracy(ceiling[key]) and accuracy(at_goal[key]) is not None:
+                ratio = accuracy(at_goal[key]) / accuracy(ceiling[key])
                 ok = "PASS" if ratio >= GOAL_RATIO else "FAIL"
                 per_seed = ""
                 if "per_seed" in at_goal[key] and "per_seed" in ceiling[key]:
                     per_seed = "; per seed " + ", ".join(f"{a / b:.1%}" for a, b in zip(at_goal[key]["per_seed"], ceiling[key]["per_seed"]))
                 mean = "mean " if per_seed else ""
                 lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.1%} of the non-private {mean}balanced accuracy "
-                             f"({_acc(at_goal[key]):.3f} / {_acc(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%}{per_seed})")
-            for eps in _finite_epsilons(cells.values()):
-                scored = {c["mechanism"]: c[key] for c in cells.values() if _eps(c) == eps and c[key] is not None}
-                row = {m: _acc(v) for m, v in scored.items()}
+                             f"({accuracy(at_goal[key]):.3f} / {accuracy(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%}{per_seed})")
+            for eps in finite_epsilons(cells.values()):
+                scored = {c["mechanism"]: c[key] for c in cells.values() if cell_epsilon(c) == eps and c[key] is not None}
+                row = {m: accuracy(v) for m, v in scored.items()}
                 if len(row) > 1:
                     best = max(row, key=row.get)
                     ok = "PASS" if row.get("em") == row[best] else "FAIL"
@@ -119,7 +132,7 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         r = d["real"]
         out.append(f"| real | - | {r['n']:g} | {_accs(r['tfidf'])} | {_accs(r['minilm'])} | {_f(r['frechet'])} | "
                    f"{_f(r['distinct_1'])} | {_f(r['distinct_2'])} | {r['words']['mean']:.1f} | - | - | - |")
-        for c in sorted(d["cells"].values(), key=lambda c: (_eps(c), c["mechanism"])):
+        for c in sorted(d["cells"].values(), key=lambda c: (cell_epsilon(c), c["mechanism"])):
             out.append(f"| {c['mechanism'] if c['mechanism'] != 'none' else 'no privacy'} | {c['epsilon']} | {c['n']:g} | "
                        f"{_accs(c['tfidf'])} | {_accs(c['minilm'])} | {_f(c['frechet'])} | {_f(c['distinct_1'])} | "
                        f"{_f(c['distinct_2'])} | {c['words']['mean']:.1f} | {c['pii_touched_fraction']:.0%} | {c['rounds']:g} | {c['seconds']:.0f} |")
@@ -144,27 +157,27 @@ def plot_accuracy(results: dict, path: Path) -> None:
     for j, name in enumerate(names):
         d = results["datasets"][name]
         cells = list(d["cells"].values())
-        finite = _finite_epsilons(cells)
+        finite = finite_epsilons(cells)
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
-            for mech, style in STYLES:
-                pts = sorted((_eps(c), _acc(c[key]), c[key].get("sd")) for c in cells if c["mechanism"] == mech and c[key] is not None)
+            for mech, style in styles():
+                pts = sorted((cell_epsilon(c), accuracy(c[key]), c[key].get("sd")) for c in cells if c["mechanism"] == mech and c[key] is not None)
                 if pts:
                     sd = [p[2] for p in pts] if all(p[2] is not None for p in pts) else None  # seeds: mean ± sd
-                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=sd, fmt=style, color=COLOURS[mech], capsize=3, label=mech)
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=sd, fmt=style, color=colour(mech), capsize=3, label=mech)
             ceiling = d["cells"].get("none-inf")
             if ceiling and ceiling[key] is not None:
-                ax.axhline(_acc(ceiling[key]), **REFERENCE["none"], label="no privacy (same pipeline)")
+                ax.axhline(accuracy(ceiling[key]), **REFERENCE["none"], label="no privacy (same pipeline)")
             if d["real"][key] is not None:
-                ax.axhline(_acc(d["real"][key]), **REFERENCE["real"], label="real data (ceiling)")
+                ax.axhline(accuracy(d["real"][key]), **REFERENCE["real"], label="real data (ceiling)")
             ax.axhline(d["majority"][METRIC], **REFERENCE["majority"], label="majority class (floor)")
-            _epsilon_axis(ax, finite)
+            epsilon_axis(ax, finite)
             ax.set_title(f"{name}: {label}", fontsize=10)
             ax.set_xlabel("epsilon")
             ax.set_ylabel("balanced accuracy on real test")
             ax.grid(alpha=0.3)
     fig.suptitle(f"Train on synthetic, test on real ({results['settings']['records']} records per cell)", fontsize=11)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -181,26 +194,26 @@ def plot_frechet(results: dict, path: Path) -> None:
     for j, name in enumerate(names):
         d, ax = results["datasets"][name], axes[0][j]
         cells = list(d["cells"].values())
-        for mech, style in STYLES:
-            pts = sorted((_eps(c), c["frechet"]) for c in cells if c["mechanism"] == mech and c["frechet"] is not None)
+        for mech, style in styles():
+            pts = sorted((cell_epsilon(c), c["frechet"]) for c in cells if c["mechanism"] == mech and c["frechet"] is not None)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=COLOURS[mech], label=mech)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour(mech), label=mech)
         if (c := d["cells"].get("none-inf")) and c["frechet"] is not None:
             ax.axhline(c["frechet"], **REFERENCE["none"], label="no privacy (same pipeline)")
         if d["real"]["frechet"] is not None:
             ax.axhline(d["real"]["frechet"], **REFERENCE["real"], label="real sample (same size)")
-        finite = _finite_epsilons(cells)
-        _epsilon_axis(ax, finite)
+        finite = finite_epsilons(cells)
+        epsilon_axis(ax, finite)
         ax.set_title(f"{name} (lower = closer)", fontsize=10)
         ax.set_xlabel("epsilon")
         ax.set_ylabel("Frechet distance to real test")
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _epsilon_axis(ax, finite: list[float]) -> None:
+def epsilon_axis(ax, finite: list[float]) -> None:
     """A log epsilon axis labelled at the run's epsilons only (matplotlib would also label minor
     ticks, "2 x 10^0", when the run's epsilons span less than a decade)."""
     from matplotlib.ticker import NullFormatter
@@ -212,26 +225,10 @@ def _epsilon_axis(ax, finite: list[float]) -> None:
         ax.set_xticks(finite, [f"{e:g}" for e in finite])
 
 
-def _legend_below(fig, ax) -> None:
+def legend_below(fig, ax) -> None:
     """One legend under the panels, so that it never hides a point."""
     handles, labels = ax.get_legend_handles_labels()
     ncol = 3 if fig.get_figwidth() >= 6 else 2
     rows = -(-len(labels) // ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, (0.1 + 0.16 * rows) / fig.get_figheight(), 1, 1))
-
-
-def write_report(results: dict, out: Path, command: str) -> Path:
-    """report.md with accuracy.png and frechet.png (and seeds.png over several seeds) beside it;
-    returns the report's path."""
-    plots = ["accuracy.png", "frechet.png"]
-    plot_accuracy(results, out / "accuracy.png")
-    plot_frechet(results, out / "frechet.png")
-    if "seeds" in results["settings"]:
-        from .seeds import plot_seeds
-
-        plot_seeds(results, out / "seeds.png")
-        plots.insert(0, "seeds.png")
-    path = out / "report.md"
-    path.write_text(markdown(results, command, plots))
-    return path

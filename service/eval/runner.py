@@ -24,6 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mechanisms.registry import names as mechanism_names
+
 from ..data.packaged import load, split
 from ..generation.prompts import PACKAGED, Template
 from . import scores
@@ -49,8 +51,6 @@ SETUPS = {
     "trec": DatasetSetup("trec", 24, "proportional", ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")),
     "rotten-tomatoes": DatasetSetup("rotten-tomatoes", 40, "balanced", ("fresh", "rotten")),
 }
-MECHANISMS = ("em", "amin", "gaussian")
-
 
 # EvalSettings fields added after eval folders had been written (a folder's settings.json
 # without one ran at its default). Not `seed`: a --seeds folder leaves it out on purpose.
@@ -65,7 +65,7 @@ class EvalSettings(BaseModel):
 
     datasets: tuple[str, ...] = tuple(SETUPS)
     epsilons: tuple[float, ...] = (1.0, 3.0, 10.0, math.inf)
-    mechanisms: tuple[str, ...] = MECHANISMS
+    mechanisms: tuple[str, ...] = Field(default_factory=mechanism_names)  # default: every registered mechanism
     records: int = Field(default=100, ge=4, le=100_000)  # SMS: 50 spam records fit one round of its ~58 groups
     max_tokens: int | None = Field(default=None, ge=1, le=512)  # None: the dataset's own (SETUPS)
     partitions: int = Field(default=8, ge=1, le=1024)
@@ -89,8 +89,8 @@ class EvalSettings(BaseModel):
     @field_validator("mechanisms")
     @classmethod
     def _mechanisms(cls, v):
-        if not v or any(m not in MECHANISMS for m in v):
-            raise ValueError(f"mechanisms must be a non-empty subset of {list(MECHANISMS)}, got {list(v)}")
+        if not v or any(m not in mechanism_names() for m in v):
+            raise ValueError(f"mechanisms must be a non-empty subset of {list(mechanism_names())}, got {list(v)}")
         return v
 
     @field_validator("template")
@@ -165,7 +165,7 @@ def real_sample(train: list[dict], counts: dict[str, int], seed: int) -> list[di
     return out
 
 
-def _write_jsonl(rows: list[dict], path: Path) -> None:
+def write_jsonl(rows: list[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False) + "\n")
@@ -254,7 +254,7 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
         data = dataset_split(name, s)
         train_file = folder / "train.jsonl"
         if not train_file.exists():
-            _write_jsonl(data.train, train_file)
+            write_jsonl(data.train, train_file)
         elif [(r["text"], r["label"]) for r in read_records(train_file)] != [(r["text"], r["label"]) for r in data.train]:
             # Same settings, other rows: the packaged data or its loader changed since the
             # finished cells were made, and their scores are not comparable with new ones.

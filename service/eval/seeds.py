@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import CLASSIFIERS, COLOURS, METRIC, REFERENCE
+from .report import CLASSIFIERS, METRIC, REFERENCE, cell_epsilon, colour, legend_below
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -87,7 +87,6 @@ def plot_seeds(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _eps, _legend_below
 
     names = list(results["datasets"])
     most = max(len(d["cells"]) for d in results["datasets"].values())
@@ -95,8 +94,8 @@ def plot_seeds(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(CLASSIFIERS), len(names), figsize=(width * len(names), 3.6 * len(CLASSIFIERS)), squeeze=False)
     for j, name in enumerate(names):
         d = results["datasets"][name]
-        cells = sorted(d["cells"].values(), key=lambda c: (_eps(c), c["mechanism"]))
-        ticks = [c["mechanism"] if math.isinf(_eps(c)) else f"{c['mechanism']}\neps {_eps(c):g}" for c in cells]
+        cells = sorted(d["cells"].values(), key=lambda c: (cell_epsilon(c), c["mechanism"]))
+        ticks = [c["mechanism"] if math.isinf(cell_epsilon(c)) else f"{c['mechanism']}\neps {cell_epsilon(c):g}" for c in cells]
         ticks = [t.replace("none", "no\nprivacy") for t in ticks]
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
@@ -105,8 +104,8 @@ def plot_seeds(results: dict, path: Path) -> None:
                     continue
                 values = c[key]["per_seed"]
                 jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-                ax.scatter(x + np.asarray(jitter), values, s=16, color=COLOURS[c["mechanism"]], alpha=0.7, zorder=3)
-                ax.hlines(c[key][METRIC], x - 0.3, x + 0.3, color=COLOURS[c["mechanism"]], lw=2.5, zorder=2)
+                ax.scatter(x + np.asarray(jitter), values, s=16, color=colour(c["mechanism"]), alpha=0.7, zorder=3)
+                ax.hlines(c[key][METRIC], x - 0.3, x + 0.3, color=colour(c["mechanism"]), lw=2.5, zorder=2)
             if d["real"][key] is not None:
                 ax.axhline(d["real"][key][METRIC], **REFERENCE["real"], label="real data (ceiling, mean)")
             ax.axhline(d["majority"][METRIC], **REFERENCE["majority"], label="majority class (floor)")
@@ -118,6 +117,6 @@ def plot_seeds(results: dict, path: Path) -> None:
     axes[0][0].scatter([], [], s=16, color="grey", label="one seed")
     axes[0][0].plot([], [], color="grey", lw=2.5, label="mean over seeds")
     fig.suptitle(f"Each seed (dots) and the mean (bars)\n{results['settings']['records']} records per cell and seed", fontsize=10)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -17,7 +17,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from .report import CLASSIFIERS, COLOURS, GOAL_EPSILON, GOAL_RATIO, METRIC, REFERENCE, _acc, _eps, _finite_epsilons, _legend_below
+from .report import CLASSIFIERS, GOAL_EPSILON, GOAL_RATIO, METRIC, REFERENCE, accuracy, cell_epsilon, finite_epsilons, legend_below, colour
 
 # EvalSettings fields worth sweeping: they change what a cell holds, not which cells run (GRID)
 # or which split (seed: use --seeds).
@@ -58,7 +58,7 @@ def value_folder(out: Path, name: str, value: float) -> Path:
 def _per_value(found: list[dict | None]) -> dict:
     """Each classifier's headline score, and the fidelity measures (what accuracy alone hides:
     how close to real text, how varied), of one row at every value; None where it is missing."""
-    scores = {key: [_acc(c[key]) if c else None for c in found] for key, _ in CLASSIFIERS}
+    scores = {key: [accuracy(c[key]) if c else None for c in found] for key, _ in CLASSIFIERS}
     return scores | {key: [c.get(key) if c else None for c in found] for key in FIDELITY}
 
 
@@ -87,7 +87,7 @@ def table(name: str, by_value: dict[float, dict]) -> dict:
             em, none = cells.get(GOAL_CELL, {}).get(key), cells.get("none-inf", {}).get(key)
             goal[key] = [a / b if a is not None and b else None for a, b in zip(em or [None] * len(values), none or [None] * len(values))]
         datasets[ds] = {
-            "cells": dict(sorted(cells.items(), key=lambda kv: (_eps(kv[1]), kv[1]["mechanism"]))),
+            "cells": dict(sorted(cells.items(), key=lambda kv: (cell_epsilon(kv[1]), kv[1]["mechanism"]))),
             "real": _per_value([p["real"] if p else None for p in parts]),
             "majority": [p["majority"][METRIC] if p else None for p in parts],
             "goal": goal,
@@ -124,8 +124,8 @@ def verdicts(results: dict) -> list[str]:
                 lines.append(f"{ds} {label}: em at epsilon {GOAL_EPSILON:g} / no privacy at the same value: "
                              + ", ".join(f"{v:g}: {r:.1%}" for v, r in ratios)
                              + f"; the {GOAL_RATIO:.0%} aim is met at {len(met)} of {len(ratios)} values")
-            for eps in _finite_epsilons(d["cells"].values()):
-                row = {c["mechanism"]: c[key] for c in d["cells"].values() if _eps(c) == eps}
+            for eps in finite_epsilons(d["cells"].values()):
+                row = {c["mechanism"]: c[key] for c in d["cells"].values() if cell_epsilon(c) == eps}
                 if "em" not in row or len(row) < 2:
                     continue
                 full = [i for i in range(len(values)) if all(s[i] is not None for s in row.values())]
@@ -160,7 +160,7 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
     for ds, d in results["datasets"].items():
         out += [f"## {ds}", "", f"| training set | {head} |", "|---" * (len(values) + 1) + "|"]
         rows = [("real (same rows)", d["real"])]
-        rows += [(f"{c['mechanism']} eps {_eps(c):g}" if c["mechanism"] != "none" else "no privacy", c) for c in d["cells"].values()]
+        rows += [(f"{c['mechanism']} eps {cell_epsilon(c):g}" if c["mechanism"] != "none" else "no privacy", c) for c in d["cells"].values()]
         for label, r in rows:
             out.append(f"| {label} | " + " | ".join(two(a, b) for a, b in zip(r["tfidf"], r["minilm"])) + " |")
         g = d["goal"]
@@ -190,14 +190,14 @@ def plot_sweep(results: dict, path: Path) -> None:
     xs = range(len(values))  # evenly spaced: the values may span orders of magnitude (top-k)
     for j, ds in enumerate(names):
         d = results["datasets"][ds]
-        finite = _finite_epsilons(d["cells"].values())
+        finite = finite_epsilons(d["cells"].values())
         for i, (key, label) in enumerate(CLASSIFIERS):
             ax = axes[i][j]
             for c in d["cells"].values():
                 pts = [(x, y) for x, y in zip(xs, c[key]) if y is not None]
-                style = "x-" if c["mechanism"] == "none" else styles[finite.index(_eps(c)) % len(styles)]
-                who = "no privacy" if c["mechanism"] == "none" else f"{c['mechanism']} eps {_eps(c):g}"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=COLOURS[c["mechanism"]], label=who)
+                style = "x-" if c["mechanism"] == "none" else styles[finite.index(cell_epsilon(c)) % len(styles)]
+                who = "no privacy" if c["mechanism"] == "none" else f"{c['mechanism']} eps {cell_epsilon(c):g}"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour(c["mechanism"]), label=who)
             real = [(x, y) for x, y in zip(xs, d["real"][key]) if y is not None]
             ax.plot([p[0] for p in real], [p[1] for p in real], **REFERENCE["real"], label="real data (ceiling)")
             floor = [(x, y) for x, y in zip(xs, d["majority"]) if y is not None]
@@ -209,7 +209,7 @@ def plot_sweep(results: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
     wrap = textwrap.fill(_others(results["settings"]), width=int(11 * fig.get_figwidth()))
     fig.suptitle(f"Accuracy against {spelled(name)}\n{wrap}", fontsize=10)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, axes[0][0])
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

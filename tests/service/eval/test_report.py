@@ -57,11 +57,11 @@ def test_the_epsilon_axis_labels_the_runs_epsilons_and_nothing_between(epsilons)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from service.eval.report import _epsilon_axis
+    from service.eval.report import epsilon_axis
 
     fig, ax = plt.subplots()
     ax.plot(epsilons, [0.5] * len(epsilons))
-    _epsilon_axis(ax, epsilons)
+    epsilon_axis(ax, epsilons)
     fig.canvas.draw()
     shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text()]
     plt.close(fig)

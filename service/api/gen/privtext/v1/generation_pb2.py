@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprivtext/v1/generation.proto\x12\x0bprivtext.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x0cGateSettings\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmax_private\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\n\n\x08_epsilonB\x0e\n\x0c_max_private\"\xd8\x02\n\x11MechanismSettings\x12\x17\n\npartitions\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1a\n\runits_per_row\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\'\n\x04gate\x18\x05 \x01(\x0b\x32\x19.privtext.v1.GateSettings\x12\x17\n\ntop_k_plus\x18\x06 \x01(\x08H\x04\x88\x01\x01\x12\x16\n\trow_slots\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x1b\n\x0emax_row_tokens\x18\x08 \x01(\x05H\x06\x88\x01\x01\x42\r\n\x0b_partitionsB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x10\n\x0e_units_per_rowB\r\n\x0b_top_k_plusB\x0c\n\n_row_slotsB\x11\n\x0f_max_row_tokens\"\xb5\x03\n\x0fGenerateRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x11\n\x07\x65psilon\x18\x04 \x01(\x01H\x00\x12\x10\n\x06preset\x18\x05 \x01(\tH\x00\x12)\n\tmechanism\x18\x06 \x01(\x0e\x32\x16.privtext.v1.Mechanism\x12\x30\n\x08settings\x18\x07 \x01(\x0b\x32\x1e.privtext.v1.MechanismSettings\x12\x43\n\x0clabel_counts\x18\x08 \x03(\x0b\x32-.privtext.v1.GenerateRequest.LabelCountsEntry\x12\x0e\n\x06labels\x18\t \x03(\t\x12*\n\npii_policy\x18\n \x01(\x0e\x32\x16.privtext.v1.PiiPolicy\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x1a\x32\n\x10LabelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x08\n\x06\x62udgetB\x07\n\x05_seed\"0\n\nPiiFinding\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\x8f\x01\n\x0fSyntheticRecord\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\x05\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12)\n\x08\x66indings\x18\x06 \x03(\x0b\x32\x17.privtext.v1.PiiFinding\"\xa9\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.privtext.v1.JobState\x12\x14\n\x0crecords_done\x18\x04 \x01(\x03\x12\x15\n\rrecords_total\x18\x05 \x01(\x03\x12\x18\n\x10\x65psilon_reserved\x18\x06 \x01(\x01\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x0b \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x17StreamJobResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t*d\n\tMechanism\x12\x19\n\x15MECHANISM_UNSPECIFIED\x10\x00\x12\x10\n\x0cMECHANISM_EM\x10\x01\x12\x12\n\x0eMECHANISM_AMIN\x10\x02\x12\x16\n\x12MECHANISM_GAUSSIAN\x10\x03*N\n\tPiiPolicy\x12\x15\n\x11PII_POLICY_REDACT\x10\x00\x12\x13\n\x0fPII_POLICY_DROP\x10\x01\x12\x15\n\x11PII_POLICY_REPORT\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xe3\x02\n\nGeneration\x12H\n\x08Generate\x12\x1c.privtext.v1.GenerateRequest\x1a\x1c.privtext.v1.SyntheticRecord0\x01\x12;\n\tSubmitJob\x12\x1c.privtext.v1.GenerateRequest\x1a\x10.privtext.v1.Job\x12\x36\n\x06GetJob\x12\x1a.privtext.v1.GetJobRequest\x1a\x10.privtext.v1.Job\x12X\n\x10StreamJobResults\x12$.privtext.v1.StreamJobResultsRequest\x1a\x1c.privtext.v1.SyntheticRecord0\x01\x12<\n\tCancelJob\x12\x1d.privtext.v1.CancelJobRequest\x1a\x10.privtext.v1.JobBO\n\x0f\x64\x65v.privtext.v1P\x01Z:github.com/privtext/privtext/gen/go/privtext/v1;privtextv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprivtext/v1/generation.proto\x12\x0bprivtext.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x0cGateSettings\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07\x65psilon\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x0bmax_private\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x0c\n\n_thresholdB\n\n\x08_epsilonB\x0e\n\x0c_max_private\"\xd8\x02\n\x11MechanismSettings\x12\x17\n\npartitions\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1a\n\runits_per_row\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\'\n\x04gate\x18\x05 \x01(\x0b\x32\x19.privtext.v1.GateSettings\x12\x17\n\ntop_k_plus\x18\x06 \x01(\x08H\x04\x88\x01\x01\x12\x16\n\trow_slots\x18\x07 \x01(\x05H\x05\x88\x01\x01\x12\x1b\n\x0emax_row_tokens\x18\x08 \x01(\x05H\x06\x88\x01\x01\x42\r\n\x0b_partitionsB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x10\n\x0e_units_per_rowB\r\n\x0b_top_k_plusB\x0c\n\n_row_slotsB\x11\n\x0f_max_row_tokens\"\xcd\x03\n\x0fGenerateRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x11\n\x07\x65psilon\x18\x04 \x01(\x01H\x00\x12\x10\n\x06preset\x18\x05 \x01(\tH\x00\x12)\n\tmechanism\x18\x06 \x01(\x0e\x32\x16.privtext.v1.Mechanism\x12\x30\n\x08settings\x18\x07 \x01(\x0b\x32\x1e.privtext.v1.MechanismSettings\x12\x43\n\x0clabel_counts\x18\x08 \x03(\x0b\x32-.privtext.v1.GenerateRequest.LabelCountsEntry\x12\x0e\n\x06labels\x18\t \x03(\t\x12*\n\npii_policy\x18\n \x01(\x0e\x32\x16.privtext.v1.PiiPolicy\x12\x11\n\x04seed\x18\x0b \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0emechanism_name\x18\r \x01(\t\x1a\x32\n\x10LabelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x08\n\x06\x62udgetB\x07\n\x05_seed\"0\n\nPiiFinding\x12\x13\n\x0b\x65ntity_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\x8f\x01\n\x0fSyntheticRecord\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\x05\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12)\n\x08\x66indings\x18\x06 \x03(\x0b\x32\x17.privtext.v1.PiiFinding\"\xa9\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.privtext.v1.JobState\x12\x14\n\x0crecords_done\x18\x04 \x01(\x03\x12\x15\n\rrecords_total\x18\x05 \x01(\x03\x12\x18\n\x10\x65psilon_reserved\x18\x06 \x01(\x01\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x0b \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x17StreamJobResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t*d\n\tMechanism\x12\x19\n\x15MECHANISM_UNSPECIFIED\x10\x00\x12\x10\n\x0cMECHANISM_EM\x10\x01\x12\x12\n\x0eMECHANISM_AMIN\x10\x02\x12\x16\n\x12MECHANISM_GAUSSIAN\x10\x03*N\n\tPiiPolicy\x12\x15\n\x11PII_POLICY_REDACT\x10\x00\x12\x13\n\x0fPII_POLICY_DROP\x10\x01\x12\x15\n\x11PII_POLICY_REPORT\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xe3\x02\n\nGeneration\x12H\n\x08Generate\x12\x1c.privtext.v1.GenerateRequest\x1a\x1c.privtext.v1.SyntheticRecord0\x01\x12;\n\tSubmitJob\x12\x1c.privtext.v1.GenerateRequest\x1a\x10.privtext.v1.Job\x12\x36\n\x06GetJob\x12\x1a.privtext.v1.GetJobRequest\x1a\x10.privtext.v1.Job\x12X\n\x10StreamJobResults\x12$.privtext.v1.StreamJobResultsRequest\x1a\x1c.privtext.v1.SyntheticRecord0\x01\x12<\n\tCancelJob\x12\x1d.privtext.v1.CancelJobRequest\x1a\x10.privtext.v1.JobBO\n\x0f\x64\x65v.privtext.v1P\x01Z:github.com/privtext/privtext/gen/go/privtext/v1;privtextv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.privtext.v1P\001Z:github.com/privtext/privtext/gen/go/privtext/v1;privtextv1'
   _globals['_GENERATEREQUEST_LABELCOUNTSENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_LABELCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_MECHANISM']._serialized_start=1608
-  _globals['_MECHANISM']._serialized_end=1708
-  _globals['_PIIPOLICY']._serialized_start=1710
-  _globals['_PIIPOLICY']._serialized_end=1788
-  _globals['_JOBSTATE']._serialized_start=1791
-  _globals['_JOBSTATE']._serialized_end=1945
+  _globals['_MECHANISM']._serialized_start=1632
+  _globals['_MECHANISM']._serialized_end=1732
+  _globals['_PIIPOLICY']._serialized_start=1734
+  _globals['_PIIPOLICY']._serialized_end=1812
+  _globals['_JOBSTATE']._serialized_start=1815
+  _globals['_JOBSTATE']._serialized_end=1969
   _globals['_GATESETTINGS']._serialized_start=79
   _globals['_GATESETTINGS']._serialized_end=207
   _globals['_MECHANISMSETTINGS']._serialized_start=210
   _globals['_MECHANISMSETTINGS']._serialized_end=554
   _globals['_GENERATEREQUEST']._serialized_start=557
-  _globals['_GENERATEREQUEST']._serialized_end=994
-  _globals['_GENERATEREQUEST_LABELCOUNTSENTRY']._serialized_start=925
-  _globals['_GENERATEREQUEST_LABELCOUNTSENTRY']._serialized_end=975
-  _globals['_PIIFINDING']._serialized_start=996
-  _globals['_PIIFINDING']._serialized_end=1044
-  _globals['_SYNTHETICRECORD']._serialized_start=1047
-  _globals['_SYNTHETICRECORD']._serialized_end=1190
-  _globals['_JOB']._serialized_start=1193
-  _globals['_JOB']._serialized_end=1490
-  _globals['_GETJOBREQUEST']._serialized_start=1492
-  _globals['_GETJOBREQUEST']._serialized_end=1519
-  _globals['_STREAMJOBRESULTSREQUEST']._serialized_start=1521
-  _globals['_STREAMJOBRESULTSREQUEST']._serialized_end=1574
-  _globals['_CANCELJOBREQUEST']._serialized_start=1576
-  _globals['_CANCELJOBREQUEST']._serialized_end=1606
-  _globals['_GENERATION']._serialized_start=1948
-  _globals['_GENERATION']._serialized_end=2303
+  _globals['_GENERATEREQUEST']._serialized_end=1018
+  _globals['_GENERATEREQUEST_LABELCOUNTSENTRY']._serialized_start=949
+  _globals['_GENERATEREQUEST_LABELCOUNTSENTRY']._serialized_end=999
+  _globals['_PIIFINDING']._serialized_start=1020
+  _globals['_PIIFINDING']._serialized_end=1068
+  _globals['_SYNTHETICRECORD']._serialized_start=1071
+  _globals['_SYNTHETICRECORD']._serialized_end=1214
+  _globals['_JOB']._serialized_start=1217
+  _globals['_JOB']._serialized_end=1514
+  _globals['_GETJOBREQUEST']._serialized_start=1516
+  _globals['_GETJOBREQUEST']._serialized_end=1543
+  _globals['_STREAMJOBRESULTSREQUEST']._serialized_start=1545
+  _globals['_STREAMJOBRESULTSREQUEST']._serialized_end=1598
+  _globals['_CANCELJOBREQUEST']._serialized_start=1600
+  _globals['_CANCELJOBREQUEST']._serialized_end=1630
+  _globals['_GENERATION']._serialized_start=1972
+  _globals['_GENERATION']._serialized_end=2327
 # @@protoc_insertion_point(module_scope)

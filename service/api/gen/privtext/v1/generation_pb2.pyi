@@ -76,7 +76,7 @@ class MechanismSettings(_message.Message):
     def __init__(self, partitions: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., units_per_row: _Optional[int] = ..., gate: _Optional[_Union[GateSettings, _Mapping]] = ..., top_k_plus: _Optional[bool] = ..., row_slots: _Optional[int] = ..., max_row_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("dataset_id", "records", "max_tokens", "epsilon", "preset", "mechanism", "settings", "label_counts", "labels", "pii_policy", "seed", "stop")
+    __slots__ = ("dataset_id", "records", "max_tokens", "epsilon", "preset", "mechanism", "settings", "label_counts", "labels", "pii_policy", "seed", "stop", "mechanism_name")
     class LabelCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class GenerateRequest(_message.Message):
     PII_POLICY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_NAME_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     records: int
     max_tokens: int
@@ -108,7 +109,8 @@ class GenerateRequest(_message.Message):
     pii_policy: PiiPolicy
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, dataset_id: _Optional[str] = ..., records: _Optional[int] = ..., max_tokens: _Optional[int] = ..., epsilon: _Optional[float] = ..., preset: _Optional[str] = ..., mechanism: _Optional[_Union[Mechanism, str]] = ..., settings: _Optional[_Union[MechanismSettings, _Mapping]] = ..., label_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Iterable[str]] = ..., pii_policy: _Optional[_Union[PiiPolicy, str]] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    mechanism_name: str
+    def __init__(self, dataset_id: _Optional[str] = ..., records: _Optional[int] = ..., max_tokens: _Optional[int] = ..., epsilon: _Optional[float] = ..., preset: _Optional[str] = ..., mechanism: _Optional[_Union[Mechanism, str]] = ..., settings: _Optional[_Union[MechanismSettings, _Mapping]] = ..., label_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Iterable[str]] = ..., pii_policy: _Optional[_Union[PiiPolicy, str]] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., mechanism_name: _Optional[str] = ...) -> None: ...
 
 class PiiFinding(_message.Message):
     __slots__ = ("entity_type", "count")

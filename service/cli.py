@@ -8,11 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from mechanisms import MECHANISMS
+from mechanisms.registry import names as mechanism_names
 
 
 def _add_mechanism_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mechanism", choices=MECHANISMS, default="em", help="private token selection (default: em)")
+    p.add_argument("--mechanism", choices=mechanism_names(), default="em", help="private token selection (default: em)")
     p.add_argument("--partitions", type=int, default=8, help="N, rows per group the average divides by (default: 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default: 1.0)")
     p.add_argument("--top-k", type=int, default=64, help="public candidate set size; 0 = whole vocabulary (default: 64)")
@@ -25,6 +25,17 @@ def _add_mechanism_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-threshold", type=float, default=None, help="enable the public-token gate with this TV-distance threshold")
     p.add_argument("--gate-epsilon", type=float, default=0.5, help="pure epsilon per above-threshold answer (default: 0.5)")
     p.add_argument("--gate-max-private", type=int, default=16, help="cap on private tokens per record with the gate (default: 16)")
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """The generation method and Private Evolution's settings (docs/private-evolution.md)."""
+    p.add_argument("--method", choices=["decode", "pe"], default="decode",
+                   help="decode: private decoding (default); pe: Private Evolution (public candidates, DP histogram of votes)")
+    p.add_argument("--iterations", type=int, default=3, help="pe: T, iterations, one DP histogram each, all charged (default: 3)")
+    p.add_argument("--pe-threshold", "--threshold", dest="pe_threshold", type=float, default=0.0,
+                   help="pe: H, noisy vote counts below it are zeroed (default: 0)")
+    p.add_argument("--pe-sigma", type=float, default=None,
+                   help="pe: fix the histograms' noise sigma instead of solving it from --epsilon (refused if it costs more)")
 
 
 def _config_from_args(a: argparse.Namespace):
@@ -40,6 +51,18 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     from .plan_report import plan_table
 
+    if a.method == "pe":
+        from mechanisms.pe import plan_pe
+
+        from .jobs.pe_job import plan_table as pe_plan_table
+
+        pe = plan_pe(units=a.units, records=a.records, iterations=a.iterations, threshold=a.pe_threshold, delta=a.delta,
+                     epsilon=a.epsilon, sigma=a.pe_sigma, units_source="dp-count" if a.dp_count_noise is not None else "declared-public",
+                     count_noise=a.dp_count_noise)
+        print(json.dumps(pe.to_dict(), indent=2) if a.json else pe_plan_table(pe))
+        return 0
+    if a.pe_sigma is not None:
+        raise ValueError("--pe-sigma is for --method pe")
     p = plan(
         units=a.units,
         records=a.records,
@@ -93,12 +116,16 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     from .jobs.generate import GenerateSpec, run_generate
 
+    if a.pe_sigma is not None and (a.noise_multiplier is not None or a.method != "pe"):
+        raise ValueError("--pe-sigma is for --method pe, instead of --noise-multiplier (not both)")
     try:
         spec = GenerateSpec(
             input=a.input, text_field=a.text_field, label_field=a.label_field, unit_field=a.unit_field,
             records=a.records, max_tokens=a.max_tokens, epsilon=a.epsilon, delta=a.delta,
             mechanism=a.mechanism, partitions=a.partitions, temperature=a.temperature, top_k=a.top_k or None,
-            top_k_plus=a.top_k_plus, clip=a.clip, noise_multiplier=a.noise_multiplier, units_per_row=a.units_per_row,
+            top_k_plus=a.top_k_plus, clip=a.clip, noise_multiplier=a.pe_sigma if a.pe_sigma is not None else a.noise_multiplier,
+            units_per_row=a.units_per_row, method=a.method, iterations=a.iterations, pe_threshold=a.pe_threshold,
+            pe_population=a.pe_population,
             row_slots=a.row_slots, max_row_tokens=a.max_row_tokens, gate_threshold=a.gate_threshold, gate_epsilon=a.gate_epsilon, gate_max_private=a.gate_max_private,
             public_count=a.public_count, labels=tuple(a.labels.split(",")) if a.labels else None,
             label_counts=_key_counts(a.label_counts), count_noise=a.count_noise,
@@ -111,7 +138,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
         where = ".".join(str(x) for x in first["loc"]) or "input"
         raise ValueError(f"{where}: {first['msg']}") from None
     report = run_generate(spec, progress=_say, show_bar=sys.stderr.isatty() or a.progress)
-    summary = {k: report[k] for k in ("records", "tokens", "epsilon", "delta", "mechanism", "partitions", "rounds", "groups", "tokens_per_second", "engine")}
+    keys = ("records", "tokens", "epsilon", "delta", "mechanism", "partitions", "rounds", "groups", "tokens_per_second", "engine")
+    if report.get("method") == "pe":
+        keys = ("records", "tokens", "epsilon", "delta", "method", "sigma", "iterations", "threshold", "candidates_per_iteration",
+                "fallbacks", "tokens_per_second", "engine")
+    summary = {k: report[k] for k in keys}
     _say(f"wrote {report['records']} records to {spec.out}" + (f", report to {spec.report}" if spec.report else ""))
     print(json.dumps(summary))
     return 0
@@ -145,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp-count-noise", type=float, default=None, metavar="SIGMA", help="the unit count is released by a Gaussian DP count with this sigma, charged to this job")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     _add_mechanism_args(p)
+    _add_method_args(p)
     p.set_defaults(func=cmd_plan)
 
     g = sub.add_parser("generate", help="generate DP synthetic records from a private corpus (JSONL or CSV)")
@@ -186,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report", type=Path, default=None, help="job report, JSON")
     g.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     _add_mechanism_args(g)
+    _add_method_args(g)
+    g.add_argument("--pe-population", type=int, default=16, help="pe: candidates per label per iteration (default: 16)")
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("models", help="model files")
@@ -219,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.suite import add_parser as add_bench_suite
 
     add_bench_suite(bsub)
+    from .bench.roofline import add_parser as add_bench_roofline
+    from .bench.peer import add_parser as add_bench_peer
+
+    add_bench_roofline(bsub)
+    add_bench_peer(bsub)
 
     sv = sub.add_parser("serve", help="run the gRPC server (settings: --config YAML < PRIVTEXT_* environment < flags)")
     sv.add_argument("--config", default=None, metavar="YAML", help="settings file (every field also PRIVTEXT_<FIELD>)")
@@ -228,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--engine", default=None, choices=["auto", "transformers", "vllm"])
     sv.add_argument("--model", default=None, help="a local model folder (default: the embedded SmolLM2-135M-Instruct)")
     sv.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    sv.add_argument("--store", default=None, metavar="URL",
+                    help="a postgresql:// store shared by several servers (default: SQLite in --data-dir)")
+    sv.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="decode batch jobs on engine workers of a Ray cluster (an address, or auto for a local one)")
+    sv.add_argument("--ray-workers", type=int, default=None, help="engine workers (Ray actors) for batch jobs (default 2)")
     sv.set_defaults(func=cmd_serve)
 
     k = sub.add_parser("keys", help="API keys for the server's settings")
@@ -260,7 +304,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = ServerSettings.load(a.config, host=a.host, port=a.port, data_dir=a.data_dir, engine=a.engine, model=a.model,
-                                       metrics_port=a.metrics_port)
+                                       metrics_port=a.metrics_port, ray=a.ray, ray_workers=a.ray_workers, store=a.store)
     except pydantic.ValidationError as e:  # one line: each error names its field
         raise ValueError("; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()

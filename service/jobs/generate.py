@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mechanisms import DecodingConfig, GateConfig, JobRandomness, Ledger, Plan, dp_count, dp_histogram, plan
+from mechanisms import registry as mechanism_registry
 
 from ..engine.interface import Engine, GroupRequest, GroupResult
 from ..generation.corpus import Corpus, read_corpus
@@ -69,7 +70,7 @@ class JobRequest(BaseModel):
     records: int = Field(ge=1, le=1_000_000)
     max_tokens: int = Field(ge=1, le=4096)
     epsilon: float = Field(gt=0, allow_inf_nan=False)
-    mechanism: Literal["em", "amin", "gaussian"] = "em"
+    mechanism: str = "em"  # a name in mechanisms.registry (checked by _mechanism)
     partitions: int = Field(default=8, ge=1, le=4096)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_k: int | None = Field(default=64, ge=1)
@@ -90,6 +91,17 @@ class JobRequest(BaseModel):
     stop: tuple[str, ...] = ()
     seed: int | None = None
     pii: Literal["redact", "drop", "report", "off"] = "redact"
+    # The generation method: private decoding (above), or Private Evolution (service/jobs/pe_job.py).
+    method: Literal["decode", "pe"] = "decode"
+    iterations: int = Field(default=3, ge=1, le=100)  # pe: T, one DP histogram each (all charged up front)
+    pe_threshold: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # pe: H, noisy counts below it are zeroed
+    pe_population: int = Field(default=16, ge=1, le=100_000)  # pe: candidates per label per iteration
+
+    @field_validator("mechanism")
+    @classmethod
+    def _mechanism(cls, v: str) -> str:
+        mechanism_registry.get(v)  # ValueError: "mechanism must be one of em, amin, gaussian, got ..."
+        return v
 
     @model_validator(mode="after")
     def _label_counts(self) -> JobRequest:
@@ -115,7 +127,7 @@ class JobRequest(BaseModel):
     @property
     def fixed_config(self) -> bool:
         """True when the user fixed clip/noise: the cost is computed and checked, not solved."""
-        return (self.clip is not None and self.mechanism != "gaussian") or (self.noise_multiplier is not None and self.mechanism == "gaussian")
+        return getattr(self, mechanism_registry.get(self.mechanism).calibration.parameter) is not None
 
 
 class GenerateSpec(JobRequest):
@@ -186,7 +198,8 @@ def run_randomness(spec: GenerateSpec) -> JobRandomness:
     from the seed alone (seeds such as 0, 1, 2 appear throughout the docs)."""
     if spec.seed is None:
         return JobRandomness.fresh(secrets.token_bytes(32))
-    release = spec.model_dump_json(exclude={"input", "out", "report", "seed"})
+    pe_only = set() if spec.method == "pe" else {"method", "iterations", "pe_threshold", "pe_population"}
+    release = spec.model_dump_json(exclude={"input", "out", "report", "seed"} | pe_only)  # decode runs replay as before PE
     return JobRandomness.replay(local_secret(), spec.seed, release, file_digest(spec.input))
 
 
@@ -284,7 +297,15 @@ def run_generate(
     """Run a generation job end to end; returns the report (also written to spec.report).
 
     selector_for(plan, randomness) replaces the private mechanism. Only `privtext eval` passes it, for
-    its epsilon = infinity ceiling (service/eval/baseline.py); the report then says epsilon inf."""
+    its epsilon = infinity ceiling (service/eval/baseline.py); the report then says epsilon inf.
+    method "pe": Private Evolution, run by service/jobs/pe_job.py."""
+    if spec.method == "pe":
+        if selector_for is not None:
+            raise ValueError("selector_for replaces a private decoding mechanism; method 'pe' has none")
+        from .pe_job import Shared, run_pe
+
+        shared = Shared(run_randomness(spec), file_digest(spec.input), label_units, strata_from, SEEDED_NOTE)
+        return run_pe(spec, shared, engine=engine, progress=progress)
     started = time.time()
     say = progress or (lambda _m: None)
     corpus = read_corpus(spec.input, spec.text_field, spec.label_field, spec.unit_field)
@@ -329,6 +350,8 @@ def run_generate(
         bar.close()
 
     st = records.stats
+    from ..bench.startup import startup_seconds  # issue 26: process start -> the decode loop pulls the first group
+
     report = {
         "epsilon": p.epsilon if selector_for is None else math.inf,
         "delta": spec.delta,
@@ -354,6 +377,7 @@ def run_generate(
         "corpus_ledger": ({"corpus_sha256": digest, "epsilon_cap": corpus_ledger.epsilon_cap, "epsilon_spent": corpus_ledger.spent_epsilon(),
                            "runs": len(corpus_ledger.entries), "path": str(book.path)} if book is not None else "off"),
         "seconds": time.time() - started,
+        "startup_seconds": startup_seconds(t0),  # None off Linux
         "notes": {
             **notes,
             "epsilon": "planned worst case (max tokens for every record), charged in full before decoding",

@@ -152,6 +152,8 @@ def prepare(store: Store, tenant: str, dataset_id: str, request: JobRequest, lab
     client can neither choose nor repeat the noise of a release."""
     if request.seed is not None:
         raise ValueError(SEED_REFUSED)
+    if request.method != "decode":
+        raise ValueError(f"method must be decode on the server (Private Evolution runs with privtext generate --method pe), got {request.method!r}")
     info = store.get_dataset(tenant, dataset_id)
     if request.wanted_labels() is not None and not info.label_field:
         raise ValueError(f"labels: dataset {info.id} has no label field, so it cannot generate per label")

@@ -41,7 +41,7 @@ PUBLIC_PROMPT = "Write one text message. Reply with the message only."
 DATASET = "sms-spam"
 
 
-def _busy_cpu_seconds() -> float | None:
+def busy_cpu_seconds() -> float | None:
     """CPU seconds all processes of the machine have used since boot (Linux /proc/stat), or None."""
     try:
         with open("/proc/stat") as f:
@@ -180,12 +180,12 @@ def measure(engine, kind: str, requests: Sequence, cfg, seed: int) -> dict:
 
     stats = engine.stats
     prompt0, decode0, steps0 = stats.prompt_tokens, stats.decode_tokens, stats.steps
-    ru0, cpu0, busy0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), _busy_cpu_seconds()
+    ru0, cpu0, busy0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), busy_cpu_seconds()
     with _phase_timers(engine) as phases:
         t0 = time.perf_counter()
         tokens, sel, results = _decode(engine, kind, requests, cfg, seed)
         seconds = time.perf_counter() - t0
-    cpu, ru1, busy1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF), _busy_cpu_seconds()
+    cpu, ru1, busy1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds()
     expected = sum((r.n_rows if kind == "raw" else 1) * r.max_tokens for r in requests)
     if tokens != expected:
         reasons = sorted({r.finish_reason for r in results})

@@ -36,7 +36,7 @@ import numpy as np
 
 from mechanisms import MECHANISMS
 
-from .engine import DATASET, STARVED, _busy_cpu_seconds, build_groups, corpus_texts, measure, private_config, warm_up
+from .engine import DATASET, STARVED, busy_cpu_seconds, build_groups, corpus_texts, measure, private_config, warm_up
 
 SWEEPS = {"partitions": "sweep_partitions", "groups": "sweep_groups", "max_tokens": "sweep_max_tokens"}
 FLAGS = {"sweep_partitions": "--partitions", "sweep_groups": "--groups", "sweep_max_tokens": "--max-tokens", "engine": "--engine", "out": "--out"}
@@ -174,9 +174,9 @@ def percent(x: float) -> str:
 def busy_cores(seconds: float = 2.0) -> float | None:
     """Cores other processes kept busy over `seconds` (this one sleeps meanwhile), or None off
     Linux: a busy machine at the start warns before minutes of noisy runs."""
-    b0, c0 = _busy_cpu_seconds(), time.process_time()
+    b0, c0 = busy_cpu_seconds(), time.process_time()
     time.sleep(seconds)
-    b1, c1 = _busy_cpu_seconds(), time.process_time()
+    b1, c1 = busy_cpu_seconds(), time.process_time()
     return None if b0 is None or b1 is None else max(0.0, (b1 - b0 - (c1 - c0)) / seconds)
 
 

@@ -50,6 +50,7 @@ def test_loadtest_run(tmp_path):
     assert line.startswith("users=1 tokens/s=") and " in-process tokens/s=" in line and "served/in-process=" in line
     assert f"GetBudget p50={summary['budget_p50_ms']:.0f} ms" in line and f"({summary['budget_requests']} polls; idle p50=" in line
     assert summary["budget_idle_p50_ms"] > 0 and summary["budget_idle_p99_ms"] >= summary["budget_idle_p50_ms"]
+    assert summary["budget_poller_polls"] >= 1 and summary["budget_poller_p50_ms"] > 0  # a plain client beside locust
     assert ("PASS" in line) == summary["ratio_pass"]
 
     # locust's CSV holds every stream: streams started within the run time finish (--stop-timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import socket
 import logging
 import signal
 import sqlite3
@@ -165,7 +166,8 @@ class Server:
             log.info("batch jobs decode on %d Ray engine worker(s) (%s)", s.ray_workers, s.ray)
         runner = JobRunner(store, scheduler, engine, server_secret, s.max_running_jobs,
                            lambda dataset_id, rec: metrics.record(dataset_id, rec.tokens, rec.released), workers=workers,
-                           lease_s=s.job_lease_seconds)
+                           # one live server per data dir (its lock): a restart on it takes its own leases back at once
+                           owner=f"{socket.gethostname()}:{Path(s.data_dir).resolve()}", lease_s=s.job_lease_seconds)
         self.state = ServerState(s, store, keys, engine, scheduler, runner, metrics, server_secret)
         datasets_pb2_grpc.add_DatasetsServicer_to_server(DatasetsServicer(self.state), self.server)
         generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(self.state), self.server)

@@ -55,7 +55,8 @@ def test_a_job_resumed_after_an_interruption_says_how_many_groups_it_lost(server
     list(acme.generation.StreamJobResults(generation_pb2.StreamJobResultsRequest(id=job.id), metadata=acme.md, timeout=300))
     # the same job's row again, as if the server had died after starting group 0 of a fresh copy
     with db(server) as c:
-        c.execute("INSERT INTO jobs SELECT 'job_resumed_copy', tenant, dataset_id, request_json, 'running', 0.0, '', "
+        c.execute("INSERT INTO jobs (id, tenant, dataset_id, request_json, state, progress, message, created_at, updated_at, "
+                  "ledger_id, nonce) SELECT 'job_resumed_copy', tenant, dataset_id, request_json, 'running', 0.0, '', "
                   "created_at, updated_at, ledger_id, NULL FROM jobs WHERE id = ?", (job.id,))  # NULL: a job from before nonces
         c.execute("INSERT INTO job_groups VALUES ('job_resumed_copy', 0)")
     runner._start("job_resumed_copy", None)

@@ -226,10 +226,12 @@ def bench_engine(
     order: tuple[str, str] = ("raw", "private"),
     model: str | None = None,
     engine=None,
+    quantize: str | None = None,
 ) -> dict:
     """Raw and private tokens/s of one engine on the same rows; see the module docstring.
 
-    engine: an already loaded Engine to reuse (tests); otherwise `engine_name` is loaded."""
+    engine: an already loaded Engine to reuse (tests); otherwise `engine_name` is loaded, with
+    quantize= passed to it when given (the transformers engine's "none" or "int8")."""
     import torch
 
     from ..engine.loader import load_engine
@@ -244,7 +246,7 @@ def bench_engine(
     t0 = time.perf_counter()
     if engine is None:
         say(f"loading engine {engine_name!r}")
-        engine = load_engine(engine_name, model=model, progress=progress)
+        engine = load_engine(engine_name, model=model, progress=progress, **({} if quantize is None else {"quantize": quantize}))
     load_seconds = time.perf_counter() - t0
     reqs = build_groups(engine, partitions, groups, max_tokens, texts)
     rows = groups * (partitions + 1)
@@ -268,6 +270,7 @@ def bench_engine(
     result = {
         "benchmark": "engine",
         "engine": engine.name,
+        "quantize": getattr(engine, "quantize", None),
         "model": Path(engine.model_path).name,
         "device": str(getattr(engine, "device", "unknown")),
         "threads": torch.get_num_threads(),
@@ -321,7 +324,8 @@ def format_result(d: dict) -> str:
     """A readable table: raw vs private side by side, then the efficiency."""
     head = f"{'run':<8} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'prefill s':>9} {'decode s':>9} {'select s':>9} {'other s':>8} {'faults M':>8}"
     lines = [
-        f"engine {d['engine']} on {d['device']} ({d['threads']} threads), model {d['model']}, mechanism {d['mechanism']}",
+        f"engine {d['engine']}{'' if d.get('quantize') in (None, 'none') else ' (' + d['quantize'] + ')'} on {d['device']} "
+        f"({d['threads']} threads), model {d['model']}, mechanism {d['mechanism']}",
         f"N={d['partitions']} partitions, {d['groups']} groups ({d['batch_rows']} rows in one batch), "
         f"{d['max_tokens']} new tokens, {d['prompt_tokens']} prompt tokens, {d['dataset']}, median of {d['repeats']}",
         "",
@@ -354,6 +358,92 @@ def format_result(d: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_side_by_side(variants: Sequence[str], repeats: int = 1, progress: Callable[[str], None] | None = None,
+                       engines: dict | None = None, **kw) -> dict:
+    """bench_engine for each quantize variant of the transformers engine in one process: every
+    engine loaded first, then runs alternating between variants (A B, then B A, ...) `repeats`
+    times; per variant the median of its runs. engines: {variant: engine} to reuse (tests)."""
+    from ..engine.loader import load_engine
+
+    say = progress or (lambda _m: None)
+    if not variants or len(set(variants)) != len(variants) or any(v not in ("none", "int8") for v in variants):
+        raise ValueError(f"quantize must be distinct values among none, int8, got {list(variants)}")
+    _check_args(kw.get("partitions", 8), kw.get("groups", 16), kw.get("max_tokens", 32), repeats)
+    loaded = {}
+    for v in variants:
+        if engines is not None and v in engines:
+            loaded[v] = engines[v]
+        else:
+            say(f"loading engine transformers, quantize {v}")
+            loaded[v] = load_engine("transformers", model=kw.get("model"), progress=progress, quantize=v)
+    per: dict[str, list[dict]] = {v: [] for v in variants}
+    for rep in range(repeats):
+        for v in variants if rep % 2 == 0 else variants[::-1]:
+            say(f"quantize {v}, run {rep + 1}/{repeats}")
+            per[v].append(bench_engine(engine=loaded[v], repeats=1, progress=progress, **{**kw, "seed": kw.get("seed", 0) + rep}))
+
+    def med(v: str, key: str):
+        return float(statistics.median(d[key] for d in per[v]))
+
+    out = {"benchmark": "engine-side-by-side", "variants": {}, "repeats": repeats}
+    for v in variants:
+        d = dict(per[v][len(per[v]) // 2])
+        for key in ("raw_tokens_per_s", "private_tokens_per_s", "efficiency", "raw_seconds", "private_seconds"):
+            d[key] = med(v, key)
+        d["decode_tokens_per_s"] = float(statistics.median(
+            r["decode_tokens"] / r["decode_seconds"] for x in per[v] for r in x["runs"]["raw"] if r["decode_seconds"]))
+        d["all_runs"] = per[v]
+        out["variants"][v] = d
+    base = variants[0]
+    for v in variants[1:]:
+        for key in ("raw_tokens_per_s", "private_tokens_per_s", "decode_tokens_per_s"):
+            out["variants"][v][f"{key}_vs_{base}"] = out["variants"][v][key] / out["variants"][base][key]
+    return out
+
+
+def format_side_by_side(d: dict) -> str:
+    vs = list(d["variants"])
+    first = d["variants"][vs[0]]
+    head = f"{'quantize':<9} {'raw tok/s':>9} {'decode':>8} {'private tok/s':>13} {'efficiency':>10} {'raw s':>7} {'private s':>9}"
+    lines = [
+        f"engine transformers on {first['device']} ({first['threads']} threads), model {first['model']}, mechanism {first['mechanism']}",
+        f"N={first['partitions']} partitions, {first['groups']} groups ({first['batch_rows']} rows in one batch), {first['max_tokens']} new tokens, "
+        f"{first['dataset']}; variants alternate, median of {d['repeats']}",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for v, r in d["variants"].items():
+        lines.append(f"{v:<9} {r['raw_tokens_per_s']:>9.1f} {r['decode_tokens_per_s']:>8.1f} {r['private_tokens_per_s']:>13.2f} "
+                     f"{r['efficiency']:>10.3f} {r['raw_seconds']:>7.2f} {r['private_seconds']:>9.2f}")
+    lines.append("raw: rows x tokens/s of the raw run (prefill included); decode: its decode steps alone")
+    for v in vs[1:]:
+        r = d["variants"][v]
+        lines.append(f"{v} / {vs[0]}: raw {r[f'raw_tokens_per_s_vs_{vs[0]}']:.2f}x, decode steps {r[f'decode_tokens_per_s_vs_{vs[0]}']:.2f}x, "
+                     f"private {r[f'private_tokens_per_s_vs_{vs[0]}']:.2f}x")
+    for v, r in d["variants"].items():
+        for kind in ("raw", "private"):
+            util = r.get(f"{kind}_cpu_utilization")
+            if util is not None and util < STARVED:
+                lines.append(f"warning: the {v} {kind} run had {util:.0%} of {r['threads']} cores: noisy")
+    return "\n".join(lines)
+
+
+def cmd_side_by_side(a, variants: Sequence[str], progress: Callable[[str], None]) -> int:
+    import json
+
+    if a.engine not in ("auto", "transformers"):
+        raise ValueError(f"--quantize with several values benches the transformers engine, not --engine {a.engine}")
+    d = bench_side_by_side(variants, repeats=getattr(a, "repeats", 1), progress=progress, partitions=a.partitions, groups=a.groups,
+                           max_tokens=a.max_tokens, mechanism=getattr(a, "mechanism", "em"), seed=getattr(a, "seed", 0),
+                           model=getattr(a, "model", None))
+    print(format_side_by_side(d))
+    if getattr(a, "json", None):
+        Path(a.json).write_text(json.dumps(d, indent=2) + "\n")
+        progress(f"wrote {a.json}")
+    return 0
+
+
 def cmd(a) -> int:
     """`privtext bench engine`: print the table, and write --json when given."""
     import json
@@ -362,7 +452,11 @@ def cmd(a) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    variants = getattr(a, "quantize", None)
+    if variants and len(variants) > 1:
+        return cmd_side_by_side(a, variants, progress)
     d = bench_engine(
+        quantize=variants[0] if variants else None,
         engine_name=a.engine,
         partitions=a.partitions,
         groups=a.groups,
@@ -393,5 +487,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mechanism", choices=MECHANISMS, default="em", help="private token selection (default: em)")
     p.add_argument("--repeats", type=int, default=1, help="alternating raw/private runs; the median of each is reported (default: 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quantize", nargs="+", choices=["none", "int8"], default=None,
+                   help="transformers engine: float32 (none) or int8 linear layers; several values run side by side, "
+                        "one engine each, in one process (default: the engine's own, PRIVTEXT_QUANTIZE or none)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=cmd)

@@ -22,6 +22,9 @@ def _transformers(model_path: str, **kw) -> Engine:
 def _vllm(model_path: str, **kw) -> Engine:
     import os
 
+    quantize = kw.pop("quantize", None) or os.environ.get("PRIVTEXT_QUANTIZE") or "none"
+    if quantize != "none":  # the transformers backend's option (TransformersEngine quantize=)
+        raise ValueError(f"quantize {quantize!r} (PRIVTEXT_QUANTIZE) is an option of the transformers engine, not of vllm")
     from .vllm_backend import VllmEngine
 
     tp = os.environ.get("PRIVTEXT_TENSOR_PARALLEL_SIZE")
@@ -59,6 +62,7 @@ def resolve_backend(name: str) -> str:
 
 
 def load_engine(name: str = "auto", model: str | None = None, progress: Callable[[str], None] | None = None, **kw) -> Engine:
-    """The engine `name` on `model` (a local folder, or None for the embedded default)."""
+    """The engine `name` on `model` (a local folder, or None for the embedded default). Keyword
+    options go to the backend, e.g. quantize="int8" (transformers; also PRIVTEXT_QUANTIZE=int8)."""
     backend = resolve_backend(name)
     return BACKENDS[backend][1](str(resolve_model(model, progress=progress)), **kw)

@@ -1,7 +1,8 @@
 """`privtext bench engine`: private synthetic tokens/s against the engine's raw decoding tokens/s.
 
 One run, the same rows for both numbers: groups of N private rows + 1 public row, built from a
-real public corpus (the SMS Spam Collection). The raw baseline (`engine.run_raw`) lets every row
+real public corpus (the SMS Spam Collection). The raw baseline (`run_raw`, the optional
+service.engine.raw.RawDecoding capability: a backend without it cannot be benched) lets every row
 sample its own token each step; the private run (`engine.run` with a MechanismSelector) emits one
 token per group each step. Both decode exactly max_tokens steps (ignore_eos), all groups in one
 batch, so they do the same model work and
@@ -18,20 +19,20 @@ run records the share of the cores it got, the CPU seconds other processes used 
 table warns when a run was starved) and its minor page faults (on CPU the decode steps' cost
 swings with how much memory the allocator maps afresh, which differs from run to run).
 
-Phase timings (prefill, decode forwards, selection) come from timers wrapped around the engine's
-phases from the outside: the selector through a timing proxy (any backend), the prefill and
-decode-step methods of the transformers backend when it has them (otherwise reported as None).
+Phase timings (prefill, decode forwards, selection) and token counts are the differences of the
+engine's own stats (`engine.stats`, service.engine.stats.EngineStats) across a run: every backend
+keeps them, so nothing here reaches into a backend. "other" is the rest of the run's wall time (the
+decoding loop's own work: batching, appending, the raw rows' sampling on transformers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,57 +55,15 @@ def busy_cpu_seconds() -> float | None:
     return (sum(values) - values[3] - values[4]) / ticks
 
 
-class TimedSelector:
-    """A Selector proxy that adds up the wall time of the inner selector's select calls."""
+def raw_decoder(engine):
+    """The engine as a RawDecoding (the raw baseline every benchmark compares against), or a
+    ValueError that names what is missing."""
+    from ..engine.raw import RawDecoding
 
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.seconds = 0.0
-        self.calls = 0
-
-    def select(self, group_ids, private_logits, group_sizes, public_logits):
-        t0 = time.perf_counter()
-        try:
-            return self.inner.select(group_ids, private_logits, group_sizes, public_logits)
-        finally:
-            self.seconds += time.perf_counter() - t0
-            self.calls += 1
-
-    def halted(self, group_id: int) -> bool:
-        return self.inner.halted(group_id)
-
-    def release(self, group_id: int) -> None:
-        self.inner.release(group_id)
-
-
-@contextlib.contextmanager
-def _phase_timers(engine, names: Sequence[str] = ("_prefill", "_decode_step")) -> Iterator[dict[str, float | None]]:
-    """Seconds spent in the engine's named phase methods, by shadowing them on the instance
-    (restored afterwards). A backend without one of them reports None for it."""
-    totals: dict[str, float | None] = {}
-    patched = []
-    for name in names:
-        fn = getattr(engine, name, None)
-        if fn is None or not callable(fn):
-            totals[name] = None
-            continue
-        totals[name] = 0.0
-
-        def timed(*a, _fn=fn, _name=name, **kw):
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **kw)
-            finally:
-                totals[_name] += time.perf_counter() - t0  # type: ignore[operator]
-
-        setattr(engine, name, timed)
-        patched.append(name)
-    try:
-        yield totals
-    finally:
-        for name in patched:
-            with contextlib.suppress(AttributeError):
-                delattr(engine, name)
+    if not isinstance(engine, RawDecoding):
+        raise ValueError(f"engine {engine.name!r} has no raw baseline: the benchmarks need a backend that implements "
+                         "service.engine.raw.RawDecoding (run_raw)")
+    return engine
 
 
 def corpus_texts(partitions: int, groups: int, dataset: str = DATASET) -> list[str]:
@@ -148,19 +107,19 @@ def private_config(mechanism: str, partitions: int):
     return DecodingConfig(mechanism=mechanism, partitions=partitions, clip=1.0, top_k=64)
 
 
-def _decode(engine, kind: str, requests: Sequence, cfg, seed: int) -> tuple[int, TimedSelector | None, list]:
-    """One decode of all `requests` in one batch: (tokens, the timed selector or None, results)."""
+def _decode(engine, kind: str, requests: Sequence, cfg, seed: int) -> tuple[int, list]:
+    """One decode of all `requests` in one batch: (tokens, results)."""
     from ..generation.selector import MechanismSelector
 
     rows = max(2, sum(r.n_rows for r in requests))
     if kind == "raw":
-        return engine.run_raw(requests, seed=seed, max_batch_rows=rows), None, []
+        return raw_decoder(engine).run_raw(requests, seed=seed, max_batch_rows=rows), []
     from mechanisms import JobRandomness
 
     # public benchmark text, reproducible by seed: the seed alone may decide the noise here
-    sel = TimedSelector(MechanismSelector(cfg, JobRandomness.replay(b"privtext benchmark, public data", seed)))
+    sel = MechanismSelector(cfg, JobRandomness.replay(b"privtext benchmark, public data", seed))
     results = list(engine.run(requests, sel, max_batch_rows=rows))
-    return sum(len(r.token_ids) for r in results), sel, results
+    return sum(len(r.token_ids) for r in results), results
 
 
 def warm_up(engine, requests: Sequence, cfg, seed: int = 0) -> float:
@@ -172,36 +131,47 @@ def warm_up(engine, requests: Sequence, cfg, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
+def phases(stats, seconds: float) -> dict:
+    """A run's phase table from the difference of the engine's stats across it (an
+    EngineStats) and its wall seconds; "other" is the wall time outside forwards and selection."""
+    return {
+        "prefill_seconds": stats.prefill_seconds,
+        "decode_seconds": stats.decode_seconds,
+        "selection_seconds": stats.selection_seconds,
+        "selection_calls": stats.selections,
+        "other_seconds": seconds - stats.forward_seconds - stats.selection_seconds,
+        "prompt_tokens": stats.prefill_tokens,
+        "decode_tokens": stats.decode_row_tokens,
+        "steps": stats.steps,
+        "forwards": stats.forwards,
+        "prefill_forwards": stats.prefill_forwards,
+    }
+
+
 def measure(engine, kind: str, requests: Sequence, cfg, seed: int) -> dict:
     """One timed run ("raw" or "private" with `cfg`) of all `requests` in one batch: seconds,
-    tokens/s, phase seconds, CPU share and page faults. Raises when a run returned fewer tokens
-    than asked for (ignore_eos: every group decodes exactly its max_tokens)."""
+    tokens/s, phases (from the engine's stats), CPU share and page faults. Raises when a run
+    returned fewer tokens than asked for (ignore_eos: every group decodes exactly its max_tokens)."""
     import torch
 
-    stats = engine.stats
-    prompt0, decode0, steps0 = stats.prompt_tokens, stats.decode_tokens, stats.steps
+    if kind == "raw":
+        raw_decoder(engine)
+    before = engine.stats
     ru0, cpu0, busy0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), busy_cpu_seconds()
-    with _phase_timers(engine) as phases:
-        t0 = time.perf_counter()
-        tokens, sel, results = _decode(engine, kind, requests, cfg, seed)
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tokens, results = _decode(engine, kind, requests, cfg, seed)
+    seconds = time.perf_counter() - t0
+    spent = engine.stats.since(before)
     cpu, ru1, busy1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds()
     expected = sum((r.n_rows if kind == "raw" else 1) * r.max_tokens for r in requests)
     if tokens != expected:
         reasons = sorted({r.finish_reason for r in results})
         raise RuntimeError(f"{kind} run returned {tokens} tokens, expected {expected}" + (f" (finish reasons {reasons})" if reasons else ""))
-    prefill, decode = phases["_prefill"], phases["_decode_step"]
     run = {
         "seconds": seconds,
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
-        "prefill_seconds": prefill,
-        "decode_seconds": decode,
-        "selection_seconds": sel.seconds if sel is not None else 0.0,
-        "selection_calls": sel.calls if sel is not None else 0,
-        "prompt_tokens": stats.prompt_tokens - prompt0,
-        "decode_tokens": stats.decode_tokens - decode0,
-        "steps": stats.steps - steps0,
+        **phases(spent, seconds),
         # this process' CPU time over (wall x threads): well under 1 means the run was
         # starved (other processes on the cores) and its numbers are noise
         "cpu_utilization": cpu / (seconds * torch.get_num_threads()),
@@ -209,8 +179,6 @@ def measure(engine, kind: str, requests: Sequence, cfg, seed: int) -> dict:
         # CPU seconds other processes used on this machine meanwhile (None off Linux)
         "others_cpu_seconds": None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - cpu),
     }
-    known = [x for x in (prefill, decode, run["selection_seconds"]) if x is not None]
-    run["other_seconds"] = seconds - sum(known) if prefill is not None and decode is not None else None
     return run
 
 
@@ -248,6 +216,7 @@ def bench_engine(
         say(f"loading engine {engine_name!r}")
         engine = load_engine(engine_name, model=model, progress=progress, **({} if quantize is None else {"quantize": quantize}))
     load_seconds = time.perf_counter() - t0
+    raw_decoder(engine)
     reqs = build_groups(engine, partitions, groups, max_tokens, texts)
     rows = groups * (partitions + 1)
     expected_raw = rows * max_tokens
@@ -306,13 +275,14 @@ def bench_engine(
         "runs": runs,
     }
     # A stricter ratio: raw time counted as its model forwards only (prefill + decode steps),
-    # i.e. as if the baseline's own per-row sampling were free.
-    fwd = None if result["raw_prefill_seconds"] is None else result["raw_prefill_seconds"] + result["raw_decode_seconds"]
-    result["efficiency_vs_raw_forwards"] = None if fwd is None else fwd / result["private_seconds"]
-    p = result["raw_prefill_seconds"]
-    result["raw_prefill_share"] = None if p is None else p / result["raw_seconds"]
-    p = result["private_prefill_seconds"]
-    result["private_prefill_share"] = None if p is None else p / result["private_seconds"]
+    # i.e. as if the baseline's own per-row sampling were free (transformers; vLLM samples
+    # inside its steps, so there it counts).
+    result["efficiency_vs_raw_forwards"] = (result["raw_prefill_seconds"] + result["raw_decode_seconds"]) / result["private_seconds"]
+    for kind in ("raw", "private"):
+        result[f"{kind}_prefill_share"] = result[f"{kind}_prefill_seconds"] / result[f"{kind}_seconds"]
+        # the share of the engine's own time (forwards + selection), the loop's other work left out
+        engine_s = result[f"{kind}_seconds"] - result[f"{kind}_other_seconds"]
+        result[f"{kind}_prefill_share_of_engine"] = result[f"{kind}_prefill_seconds"] / engine_s if engine_s > 0 else None
     return result
 
 
@@ -347,9 +317,13 @@ def format_result(d: dict) -> str:
     if d.get("efficiency_vs_raw_forwards") is not None:
         lines.append(f"efficiency against the raw run's model forwards only (its sampling free): {d['efficiency_vs_raw_forwards']:.3f}")
     if d.get("raw_prefill_share") is not None:
-        lines.append(f"prefill share: raw {d['raw_prefill_share']:.0%}, private {d['private_prefill_share']:.0%}")
-        lines.append("other = the decoding loop outside forwards and selection (raw: each row's softmax + multinomial);")
-        lines.append("faults M = minor page faults (millions): memory the allocator had to map afresh during the run")
+        line = f"prefill share of the run: raw {d['raw_prefill_share']:.1%}, private {d['private_prefill_share']:.1%}"
+        if d.get("private_prefill_share_of_engine") is not None:
+            line += (f"; of the engine's time (forwards + selection): raw {d['raw_prefill_share_of_engine']:.1%}, "
+                     f"private {d['private_prefill_share_of_engine']:.1%}")
+        lines.append(line)
+        lines.append("phases from the engine's stats; other = the decoding loop outside forwards and selection (transformers raw:")
+        lines.append("each row's sampling); faults M = minor page faults (millions): memory the allocator mapped afresh")
     for kind in ("raw", "private"):
         util = d.get(f"{kind}_cpu_utilization")
         if util is not None and util < STARVED:

@@ -36,7 +36,7 @@ import numpy as np
 
 from mechanisms import MECHANISMS
 
-from .engine import DATASET, STARVED, busy_cpu_seconds, build_groups, corpus_texts, measure, private_config, warm_up
+from .engine import DATASET, STARVED, busy_cpu_seconds, build_groups, corpus_texts, measure, private_config, raw_decoder, warm_up
 
 SWEEPS = {"partitions": "sweep_partitions", "groups": "sweep_groups", "max_tokens": "sweep_max_tokens"}
 FLAGS = {"sweep_partitions": "--partitions", "sweep_groups": "--groups", "sweep_max_tokens": "--max-tokens", "engine": "--engine", "out": "--out"}
@@ -134,8 +134,9 @@ def summarize(mechanism: str, n: int, g: int, t: int, raw: list[dict], private: 
         "selection_seconds": sel,
         # wall seconds per generated token of a group, prefill included
         "private_seconds_per_step": priv_s / t,
-        # one decode step after prefill: the forward of every row plus the selection
-        "private_step_ms": None if decode is None or steps == 0 else 1000.0 * (decode + sel) / steps,
+        # one decode step after prefill: the forwards of every row plus one selection (all groups
+        # start together here, so the first of the steps is the prefill's)
+        "private_step_ms": None if decode is None or steps < 2 else 1000.0 * (decode / (steps - 1) + sel / private[0]["selection_calls"]),
         "selection_ms_per_step": 1000.0 * sel / private[0]["selection_calls"],
         "cpu_utilization": min(r["cpu_utilization"] for r in raw + private),
         "runs": {"raw": raw, "private": private},
@@ -281,6 +282,7 @@ def run_suite(
         say(f"loading engine {engine_name!r}")
         engine = load_engine(engine_name, model=model, progress=progress)
     load_seconds = time.perf_counter() - t0
+    raw_decoder(engine)  # before minutes of runs: every section compares against the raw baseline
 
     p, n0, g0, tok0 = preset, preset.partitions, preset.groups, preset.max_tokens
     base = ("em", n0, g0, tok0)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import abc
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from .stats import EngineStats
 
 FinishReason = Literal["eos", "length", "stop", "halted", "out_of_step", "worker_lost"]
 
@@ -71,19 +73,6 @@ class GroupResult:
     finish_reason: FinishReason
 
 
-@dataclass
-class EngineStats:
-    """Counters a backend keeps (public quantities only: shapes and counts)."""
-
-    prompt_tokens: int = 0  # tokens fed to the model in prefill
-    decode_tokens: int = 0  # tokens fed to the model in decode steps (one per row per step)
-    steps: int = 0  # forward passes of the decode loop (vLLM also counts the step that prefills)
-    groups_finished: int = 0
-    out_of_step: int = 0  # groups ended unaggregated because their rows disagreed on the step
-    max_batch_rows_seen: int = 0
-    extra: dict = field(default_factory=dict)
-
-
 class Selector(Protocol):
     """Chooses one token per group from a step's logits (mechanisms' batched selection)."""
 
@@ -113,8 +102,11 @@ class EngineError(RuntimeError):
 class Engine(abc.ABC):
     """A backend: decodes many groups in one batch with continuous batching.
 
-    A backend sets `tokens` (a service.engine.tokens.ChatTokens), `_vocab` and `_stats` in its
-    constructor; the accessors and request validation below are shared.
+    What the product calls, and nothing else (the benchmarks' raw baseline is an optional
+    capability, service.engine.raw.RawDecoding). A backend sets `tokens` (a
+    service.engine.tokens.ChatTokens), `_vocab` and `_stats` (an EngineStats()) in its
+    constructor and counts its work with `_count`; the accessors and request validation below
+    are shared.
     """
 
     name: str
@@ -133,7 +125,13 @@ class Engine(abc.ABC):
 
     @property
     def stats(self) -> EngineStats:
+        """A snapshot of the engine's counters: immutable, so it never changes under a reader;
+        what a run cost is `engine.stats.since(before)`."""
         return self._stats
+
+    def _count(self, rows_seen: int = 0, **add: float) -> None:
+        """Add to the counters (a backend's hot loop: a few calls per step, microseconds each)."""
+        self._stats = self._stats.plus(rows_seen, **add)
 
     def encode_chat(self, user_message: str, prefix: str = "") -> tuple[int, ...]:
         """Token ids of a one-turn chat prompt (the model's chat template when it has one),
@@ -212,8 +210,3 @@ class Engine(abc.ABC):
         between steps as finished ones leave; at most max_batch_rows rows decode at once.
         `groups` may yield None (nothing to admit now); the run ends when it is exhausted and
         every admitted group has finished."""
-
-    @abc.abstractmethod
-    def run_raw(self, groups: Iterable[GroupRequest], seed: int = 0, max_batch_rows: int = 160) -> int:
-        """Benchmark baseline: the same rows, each sampling its own tokens (no mechanism, no
-        lock step); returns only the number of tokens generated, never the tokens."""

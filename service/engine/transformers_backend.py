@@ -13,13 +13,16 @@ a row's positions.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .interface import Engine, EngineStats, GroupRequest, GroupResult, Selector
+from .interface import Engine, GroupRequest, GroupResult, Selector
+from .raw import RawDecoding
+from .stats import EngineStats
 from .model_files import load_model_and_tokenizer
 from .tokens import ChatTokens
 
@@ -121,7 +124,7 @@ class _Active:
         return len(self.tokens)
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(Engine, RawDecoding):
     name = "transformers"
 
     def __init__(self, model_path: str, device: str | None = None, threads: int | None = None, prefill_tokens: int = 4096,
@@ -215,7 +218,7 @@ class TransformersEngine(Engine):
                     if self._drained and not waiting:
                         return
                     continue  # a live source had nothing to admit (it blocks while we are idle)
-                self._stats.max_batch_rows_seen = max(self._stats.max_batch_rows_seen, priv.rows + pub.rows)
+                self._count(priv.rows + pub.rows, steps=1)
 
                 # Choose: one token per group (selector), or one per row (raw benchmark).
                 if selector is None:
@@ -256,7 +259,7 @@ class TransformersEngine(Engine):
                     else:
                         if selector is not None:
                             selector.release(g.req.group_id)
-                        self._stats.groups_finished += 1
+                        self._count(groups_finished=1)
                         yield self._result(g, reason)
                     start += n
                 active = still
@@ -291,7 +294,7 @@ class TransformersEngine(Engine):
         for gi, g in enumerate(active):
             n = len(g.req.rows)
             if not (np.all(priv.steps[start : start + n] == g.step) and pub.steps[gi] == g.step):
-                self._stats.out_of_step += 1  # never aggregated: the group ends, counted
+                self._count(out_of_step=1)  # never aggregated: the group ends, counted
             elif selector.halted(g.req.group_id):
                 out[gi] = _HALTED  # cancelled before this step: ends without selecting again
             else:
@@ -303,7 +306,9 @@ class TransformersEngine(Engine):
             start += n
         if ids:
             rows = private[private_idx] if private is not None else np.zeros((0, public.shape[1]), dtype=np.float32)
+            t0 = time.perf_counter()
             tokens = selector.select(ids, rows, np.asarray(sizes), public[public_idx])
+            self._count(selections=1, selection_seconds=time.perf_counter() - t0)
             out[where] = tokens
         return out
 
@@ -336,6 +341,8 @@ class TransformersEngine(Engine):
 
         if not in_order:
             return _Batch.empty()
+        t0 = time.perf_counter()
+        forwards = tokens = 0
         # chunks of similar lengths pad less; the rows go back to group order at the end
         order = sorted(range(len(in_order)), key=lambda i: len(in_order[i]))
         prompts = [in_order[i] for i in order]
@@ -345,7 +352,7 @@ class TransformersEngine(Engine):
         if shared:
             cache = DynamicCache(config=self.model.config)
             self.model(input_ids=torch.tensor([prompts[0][:shared]], device=self.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self._stats.prompt_tokens += shared
+            forwards, tokens = 1, shared
             prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]
         parts: list[_Batch] = []
         pad = self.tokenizer.pad_token_id or 0
@@ -364,7 +371,7 @@ class TransformersEngine(Engine):
                 ddp_cache_data=[(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous()) for k, v in prefix_layers]
             ) if shared else DynamicCache(config=self.model.config)
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self._stats.prompt_tokens += sum(len(p) for p in chunk)
+            forwards, tokens = forwards + 1, tokens + sum(len(p) for p in chunk)
             parts.append(_Batch(cache, mask, mask.sum(-1), out.logits[:, -1, :].float(), np.zeros(b, dtype=np.int64)))
             i = j
         merged = parts[0]
@@ -372,11 +379,14 @@ class TransformersEngine(Engine):
             merged = merged.merge(p)
         back = torch.empty(len(order), dtype=torch.long)
         back[torch.tensor(order)] = torch.arange(len(order))
-        return merged.select(back.to(self.device))
+        merged = merged.select(back.to(self.device))
+        self._count(forwards=forwards, prefill_forwards=forwards, prefill_tokens=tokens, prefill_seconds=time.perf_counter() - t0)
+        return merged
 
     def _decode_step(self, batch: _Batch, next_ids) -> _Batch:
         import torch
 
+        t0 = time.perf_counter()
         mask = torch.cat([batch.mask, torch.ones((batch.rows, 1), dtype=batch.mask.dtype, device=self.device)], dim=1)
         out = self.model(
             input_ids=next_ids[:, None],
@@ -385,9 +395,9 @@ class TransformersEngine(Engine):
             past_key_values=batch.cache,
             use_cache=True,
         )
-        self._stats.decode_tokens += batch.rows
-        self._stats.steps += 1
-        return _Batch(batch.cache, mask, batch.next_pos + 1, out.logits[:, -1, :].float(), batch.steps + 1)
+        logits = out.logits[:, -1, :].float()
+        self._count(forwards=1, decode_row_tokens=batch.rows, decode_seconds=time.perf_counter() - t0)
+        return _Batch(batch.cache, mask, batch.next_pos + 1, logits, batch.steps + 1)
 
 
 def _host(logits) -> np.ndarray | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .interface import Engine, EngineError, EngineStats, GroupRequest, GroupResult, Selector
+from .interface import Engine, EngineError, GroupRequest, GroupResult, Selector
+from .raw import RawDecoding
+from .stats import EngineStats
 from .model_files import default_cache_dir
 from .tokens import ChatTokens
 
@@ -68,7 +71,7 @@ class _Group:
     selected: int = 0  # tokens the selector chose for this group (rows forced to them)
 
 
-class VllmEngine(Engine):
+class VllmEngine(Engine, RawDecoding):
     name = "vllm"
 
     def __init__(
@@ -208,6 +211,7 @@ class VllmEngine(Engine):
         running_kv = 0  # their worst-case KV tokens
         limit_rows = min(max_batch_rows, self.max_num_seqs)
         run_id = next(_KEYS)
+        prefills = False  # the next step prefills groups admitted since the last one
         while True:
             # Admit whole groups while their worst case fits: rows, one step's prefill, KV cache.
             budget = self.max_num_batched_tokens - running_rows
@@ -233,20 +237,28 @@ class VllmEngine(Engine):
                 for i, (rid, prompt) in enumerate(zip(ids, (*req.rows, req.public))):
                     by_request[rid] = g
                     self.llm.add_request(rid, self._prompt(prompt, req.cache_salt), self._params(req, i if i < len(req.rows) else -1, private))
-                self._stats.prompt_tokens += sum(len(r) for r in (*req.rows, req.public))
+                self._count(prefill_tokens=sum(len(r) for r in (*req.rows, req.public)))
+                prefills = True
             if not self.llm.has_unfinished_requests():
                 if waiting or not self._drained:
                     continue  # a live source had nothing to admit (it blocks while we are idle)
                 return
+            # one engine step is one forward of the whole batch; the selection it calls (the
+            # logits processor) is counted on its own, so it is taken out of the step's seconds
+            selected0, t0 = self._stats.selection_seconds, time.perf_counter()
             outputs = self.llm.step()
-            self._stats.steps += 1
-            self._stats.max_batch_rows_seen = max(self._stats.max_batch_rows_seen, running_rows)
+            seconds = time.perf_counter() - t0 - (self._stats.selection_seconds - selected0)
+            if prefills:
+                self._count(running_rows, steps=1, forwards=1, prefill_forwards=1, prefill_seconds=seconds)
+            else:
+                self._count(running_rows, steps=1, forwards=1, decode_seconds=seconds)
+            prefills = False
             for out in outputs:
                 g = by_request.get(out.request_id)
                 if g is None or not out.finished:
                     continue
                 # prefix-cache hits, summed in-process only (the salt test reads it; never reported)
-                self._stats.extra["cached_prompt_tokens"] = self._stats.extra.get("cached_prompt_tokens", 0) + (out.num_cached_tokens or 0)
+                self._count(cached_prompt_tokens=out.num_cached_tokens or 0)
                 comp = out.outputs[0]
                 g.outputs[out.request_id] = list(comp.token_ids)
                 g.reasons[out.request_id] = comp.finish_reason or "length"
@@ -258,14 +270,14 @@ class VllmEngine(Engine):
                 running_rows -= g.req.admit_rows
                 running_kv -= self._kv_need(g.req)
                 del self._groups[g.req.group_id]
-                self._stats.groups_finished += 1
+                self._count(groups_finished=1)
                 result = self._finish(g, private)
                 if result is not None:
                     yield result
 
     def _finish(self, g: _Group, private: bool) -> GroupResult:
         rows = [g.outputs[r] for r in g.request_ids]
-        self._stats.decode_tokens += sum(max(len(r) - 1, 0) for r in rows)
+        self._count(decode_row_tokens=sum(max(len(r) - 1, 0) for r in rows))
         if not private:
             self._raw_tokens[g.req.group_id] = sum(len(r) for r in rows)
             return GroupResult(g.req.group_id, (), "", "length")
@@ -273,7 +285,7 @@ class VllmEngine(Engine):
             self._selector.release(g.req.group_id)
         public = rows[-1]
         if g.out_of_step or any(r != public for r in rows):
-            self._stats.out_of_step += 1
+            self._count(out_of_step=1)
             return GroupResult(g.req.group_id, (), "", "out_of_step")
         if g.halted:  # rows were forced to end after the cap: the record is what was selected
             return self.tokens.result(g.req.group_id, public[: g.selected], "halted", g.req.stop)
@@ -316,7 +328,9 @@ class VllmEngine(Engine):
         if ids:
             host = logits if logits.device.type == "cpu" else logits.float().cpu()
             host = host.float().numpy() if host.dtype != torch.float32 else host.numpy()
+            t0 = time.perf_counter()
             tokens = selector.select(ids, host[private_idx], np.asarray(sizes), host[public_idx])
+            self._count(selections=1, selection_seconds=time.perf_counter() - t0)
             start = 0
             for gid, n, public, tok in zip(ids, sizes, public_idx, tokens):
                 rows_idx = private_idx[start : start + n] + [public]

@@ -50,21 +50,36 @@ def check(d: dict) -> None:
             # the same rows: every prompt prefilled once, then one token per row per step but the last
             assert run["prompt_tokens"] == d["prompt_tokens"] > 0
             assert run["decode_tokens"] == GROUPS * (N + 1) * (MAX_TOKENS - 1)
-            assert MAX_TOKENS - 1 <= run["steps"] <= MAX_TOKENS  # vLLM counts its prefill step too
+            assert run["steps"] == MAX_TOKENS  # one token per group (raw: per row) each step
+            # phases from the engine's stats, every backend: they and "other" make up the run
+            assert run["prefill_seconds"] > 0 and run["decode_seconds"] > 0 and run["other_seconds"] >= 0
+            assert run["prefill_seconds"] + run["decode_seconds"] + run["selection_seconds"] + run["other_seconds"] == pytest.approx(run["seconds"])
     assert d["runs"]["private"][0]["selection_calls"] == MAX_TOKENS
     assert d["efficiency"] == pytest.approx(d["private_tokens_per_s"] * (N + 1) / d["raw_tokens_per_s"])
     assert d["raw_tokens_per_s"] > 0 and d["private_tokens_per_s"] > 0 and d["selection_seconds"] > 0
     assert d["threads"] >= 1 and d["model"] and d["engine"] == loader.resolve_backend("auto")
-    if d["raw_prefill_seconds"] is not None:  # the phases add up to no more than the run
-        assert 0 < d["private_prefill_seconds"] + d["private_decode_seconds"] + d["selection_seconds"] <= d["private_seconds"]
+    assert 0 < d["private_prefill_seconds"] + d["private_decode_seconds"] + d["selection_seconds"] <= d["private_seconds"]
+    assert 0 < d["private_prefill_share"] < d["private_prefill_share_of_engine"] < 1
 
 
 def test_small_run(result, engine):
     check(result)
-    assert "_prefill" not in vars(engine) and "_decode_step" not in vars(engine)  # timers removed
+    assert not [k for k in vars(engine) if callable(getattr(type(engine), k, None))]  # no method shadowed on the engine
     table = bench.format_result(result)
     assert "efficiency" in table and "raw" in table and "private" in table
     json.dumps(result)  # JSON-serialisable as written by --json
+
+
+def test_phases_are_the_engines_own_stats(engine):
+    """A run's phase table is the difference of the engine's stats across it, to the last bit."""
+    reqs = bench.build_groups(engine, N, 1, 3)
+    before = engine.stats
+    run = bench.measure(engine, "private", reqs, bench.private_config("em", N), 0)
+    spent = engine.stats.since(before)
+    assert run["prefill_seconds"] == spent.prefill_seconds and run["decode_seconds"] == spent.decode_seconds
+    assert (run["selection_seconds"], run["selection_calls"]) == (spent.selection_seconds, spent.selections) != (0.0, 0)
+    assert (run["prompt_tokens"], run["decode_tokens"], run["steps"]) == (spent.prefill_tokens, spent.decode_row_tokens, spent.steps)
+    assert run["other_seconds"] == run["seconds"] - spent.forward_seconds - spent.selection_seconds
 
 
 def test_bad_arguments():

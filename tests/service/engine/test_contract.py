@@ -15,7 +15,8 @@ pytest.importorskip("torch")
 
 from mechanisms import DecodingConfig, JobRandomness  # noqa: E402
 from service.engine import loader  # noqa: E402
-from service.engine.interface import GroupRequest  # noqa: E402
+from service.engine.interface import Engine, GroupRequest  # noqa: E402
+from service.engine.raw import RawDecoding  # noqa: E402
 from service.generation.selector import MechanismSelector  # noqa: E402
 
 BACKENDS = loader.available()
@@ -147,11 +148,12 @@ def test_prompts_are_prefilled_once(engine):
     fed = []
     for extra in (0, 6):
         groups = [group(engine, g, 2 + g, max_tokens=4 + g + extra) for g in range(3)]
-        before = (engine.stats.prompt_tokens, engine.stats.decode_tokens)
+        before = engine.stats
         list(engine.run(groups, selector()))
-        fed.append(engine.stats.prompt_tokens - before[0])
+        spent = engine.stats.since(before)
+        fed.append(spent.prefill_tokens)
         decode_tokens = sum(g.n_rows * (g.max_tokens - 1) for g in groups)  # the last token is never fed
-        assert engine.stats.decode_tokens - before[1] == decode_tokens
+        assert spent.decode_row_tokens == decode_tokens
     total = sum(len(r) for g in groups for r in (*g.rows, g.public))
     assert fed[0] == fed[1] <= total
     if engine.name == "transformers":  # the shared chat-template prefix is computed once
@@ -225,8 +227,52 @@ def test_bad_requests(engine):
 
 
 def test_raw_baseline_counts_tokens_only(engine):
+    """The raw baseline is an optional capability, outside the Engine interface; both backends
+    here have it, and the engine's stats count its work (no selections)."""
     groups = [group(engine, g, 3, 5) for g in range(2)]
+    assert isinstance(engine, RawDecoding) and not hasattr(Engine, "run_raw")
+    before = engine.stats
     assert engine.run_raw(groups, seed=0) == 2 * 4 * 5
+    spent = engine.stats.since(before)
+    assert (spent.steps, spent.selections, spent.selection_seconds) == (5, 0, 0.0)
+    assert spent.decode_row_tokens == 2 * 4 * (5 - 1) and spent.groups_finished == 2
+
+
+def test_stats_count_a_known_request(engine):
+    """One group of one private row and the public row, 5 tokens: each prompt prefilled once
+    (one row per batch: nothing to share), 5 steps with one selection each, one token per row
+    fed in each step after the first; the phase seconds fit in the run's wall time."""
+    import time
+
+    req = GroupRequest(0, (prompt(engine, 0),), engine.encode_chat("Write one text message."), 5, ignore_eos=True)
+    before = engine.stats
+    t0 = time.perf_counter()
+    (result,) = engine.run([req], selector())
+    wall = time.perf_counter() - t0
+    spent = engine.stats.since(before)
+    assert len(result.token_ids) == 5
+    assert spent.prefill_tokens == len(req.rows[0]) + len(req.public)
+    assert (spent.steps, spent.selections, spent.groups_finished, spent.out_of_step) == (5, 5, 1, 0)
+    assert spent.decode_row_tokens == 2 * (5 - 1)
+    if engine.name == "vllm":  # one batched forward per engine step, the first prefills
+        assert (spent.forwards, spent.prefill_forwards) == (5, 1)
+    else:  # a forward per batch (private, public) per step after the first, beside the prefills
+        assert spent.forwards - spent.prefill_forwards == 2 * (5 - 1) and spent.prefill_forwards >= 2
+    assert spent.prefill_seconds > 0 and spent.decode_seconds > 0 and spent.selection_seconds > 0
+    assert spent.forward_seconds + spent.selection_seconds <= wall
+    assert engine.stats.max_batch_rows_seen >= 2
+
+
+def test_stats_are_snapshots(engine):
+    """A snapshot never changes under its reader while the engine works on."""
+    import dataclasses
+
+    before = engine.stats
+    frozen = dataclasses.astuple(before)
+    list(engine.run([group(engine, 0, 2, 3)], selector()))
+    assert dataclasses.astuple(before) == frozen and engine.stats.steps == before.steps + 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        before.steps = 0  # type: ignore[misc]
 
 
 def test_tensor_parallel_setting_is_checked(monkeypatch):

@@ -86,10 +86,10 @@ def test_the_prefix_cache_is_salted_per_tenant_and_dataset(vllm_engine):
     public = eng.encode_chat("Write one text message.")
 
     def cached(salt):
-        before = eng.stats.extra.get("cached_prompt_tokens", 0)
+        before = eng.stats.cached_prompt_tokens
         req = GroupRequest(0, rows, public, 2, ignore_eos=True, cache_salt=salt)
         list(eng.run([req], MechanismSelector(cfg(), JobRandomness.replay(b"privtext test secret", 1))))
-        return eng.stats.extra.get("cached_prompt_tokens", 0) - before
+        return eng.stats.cached_prompt_tokens - before
 
     cached("tenant-a")  # tenant A's prompts enter the cache
     assert cached("tenant-b") == 0  # tenant B, identical prompts: no hit at all

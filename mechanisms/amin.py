@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .config import DecodingConfig
-from .costs import row_change_factor
 from .ops import Coins, group_sums, sample
-from .registry import Batch, Calibration, Mechanism, Neighbours, PlotStyle
+from .clipped_exponential import ClippedExponential
+from .registry import Batch, Neighbours, PlotStyle
 
 
 def aggregate_amin(zs: np.ndarray, row_max: np.ndarray, sizes: np.ndarray, cfg: DecodingConfig) -> np.ndarray:
@@ -31,13 +31,10 @@ def aggregate_amin(zs: np.ndarray, row_max: np.ndarray, sizes: np.ndarray, cfg: 
     return group_sums(shifted, sizes) / cfg.partitions / cfg.temperature
 
 
-class Amin(Mechanism):
+class Amin(ClippedExponential):
     name = "amin"
     summary = "exponential mechanism over max-shift-clipped averaged logits (Amin et al. 2024)"
-    calibration = Calibration("clip", "smaller", "clip (C)")
-    sensitivity_norm = "per coordinate"
     style = PlotStyle("#ff7f0e", "s")
-    audit_claim = "pure"
 
     # candidates: the public top-k (Mechanism's default)
 
@@ -46,33 +43,6 @@ class Amin(Mechanism):
         over the whole vocabulary), one Gumbel-max draw per group."""
         row_max = batch.private_logits.max(axis=1).astype(np.float64)
         return sample(aggregate_amin(batch.zs, row_max, batch.sizes, cfg), batch.valid, rng)
-
-    def sensitivity(self, cfg: DecodingConfig) -> float:
-        """L-infinity sensitivity of the clipped average, per coordinate.
-
-        amin averages clip(z_i - max z_i + c, -c, c) over N rows (absent = 0): adding or
-        removing row i moves every coordinate by at most c/N. Few-shot layout: a removed unit
-        changes its row, so the shift doubles: 2c/N.
-        """
-        f = row_change_factor(cfg)
-        return f * cfg.clip / cfg.partitions
-
-    def rho_selection(self, cfg: DecodingConfig) -> float:
-        """zCDP of selecting one private token.
-
-        Sampling exp(u/tau) where every utility u(y) moves by at most D = sensitivity is
-        2D/tau-bounded-range (Durfee & Rogers 2019: the log-ratio over outputs spans at most
-        max(u-u')/tau - min(u-u')/tau), and eps0-bounded-range is eps0^2/8-zCDP (Cesar & Rogers
-        2021). So rho = (2D/tau)^2 / 8 = (1/2) (D/tau)^2 = (1/2) (c/(N tau))^2 in the default
-        layout (Amin et al. 2024; InvisibleInk's analysis with C = c).
-        """
-        d = self.sensitivity(cfg)
-        return 0.5 * (d / cfg.temperature) ** 2
-
-    def solve(self, cfg: DecodingConfig, rho: float) -> float:
-        """rho_sel = (1/2)(f c/(N tau))^2  =>  c = N tau sqrt(2 rho_sel) / f."""
-        f = row_change_factor(cfg)
-        return cfg.partitions * cfg.temperature * math.sqrt(2.0 * rho) / f
 
     def crafted_row(self, cfg: DecodingConfig, public: Sequence[float]) -> tuple[float, ...]:
         """The extreme row: after the shift and clip it sits at +c on token 0 and -c on token 1
@@ -97,11 +67,6 @@ class Amin(Mechanism):
         public = (0.0, 0.0)
         background = tuple((10.0 - d, 10.0) for _ in range(m))  # shifted: (c - d, c)
         return Neighbours(public, background, self.crafted_row(cfg, public))
-
-    def claimed_bound(self, cfg: DecodingConfig) -> float:
-        """eps0 = 2D/tau: the bounded-range sampler is eps0-DP, so for every token y,
-        |log P_D(y) - log P_D'(y)| <= eps0 = 2c/(N tau). (Its zCDP cost is rho = eps0^2/8.)"""
-        return 2.0 * self.sensitivity(cfg) / cfg.temperature
 
 
 MECHANISM = Amin()

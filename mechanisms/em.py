@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .config import DecodingConfig
-from .costs import row_change_factor
 from .ops import Coins, group_sums, public_top_k, sample
-from .registry import Batch, Calibration, Mechanism, Neighbours, PlotStyle
+from .clipped_exponential import ClippedExponential
+from .registry import Batch, Neighbours, PlotStyle
 
 
 def aggregate_em(zs: np.ndarray, zp: np.ndarray, sizes: np.ndarray, row_group: np.ndarray, cfg: DecodingConfig) -> np.ndarray:
@@ -46,13 +46,10 @@ def top_k_plus(public_logits: np.ndarray, k: int, clip: float) -> tuple[np.ndarr
     return ids, valid
 
 
-class Em(Mechanism):
+class Em(ClippedExponential):
     name = "em"
     summary = "exponential mechanism over difference-clipped averaged logits (InvisibleInk)"
-    calibration = Calibration("clip", "smaller", "clip (C)")
-    sensitivity_norm = "per coordinate"
     style = PlotStyle("#1f77b4", "o")
-    audit_claim = "pure"
 
     def candidates(self, public_logits: np.ndarray, cfg: DecodingConfig) -> tuple[np.ndarray, np.ndarray]:
         """top_k_plus True (the default): top-k+ (InvisibleInk), every token whose public logit
@@ -70,34 +67,6 @@ class Em(Mechanism):
     def choose(self, batch: Batch, cfg: DecodingConfig, rng: Coins) -> np.ndarray:
         """softmax(avg / tau) over the candidates (aggregate_em), one Gumbel-max draw per group."""
         return sample(aggregate_em(batch.zs, batch.zp, batch.sizes, batch.row_group, cfg), batch.valid, rng)
-
-    def sensitivity(self, cfg: DecodingConfig) -> float:
-        """L-infinity sensitivity of the clipped average, per coordinate.
-
-        em averages z_pub + clip(z_i - z_pub, -C, C) over N rows (absent = z_pub): adding or
-        removing row i moves every coordinate by clip(...)/N, at most C/N. Few-shot layout: a
-        removed unit changes its row, so the shift doubles: 2C/N.
-        """
-        f = row_change_factor(cfg)
-        return f * cfg.clip / cfg.partitions
-
-    def rho_selection(self, cfg: DecodingConfig) -> float:
-        """zCDP of selecting one private token.
-
-        Sampling exp(u/tau) where every utility u(y) moves by at most D = sensitivity is
-        2D/tau-bounded-range (Durfee & Rogers 2019: the log-ratio over outputs spans at most
-        max(u-u')/tau - min(u-u')/tau), and eps0-bounded-range is eps0^2/8-zCDP (Cesar & Rogers
-        2021). So rho = (2D/tau)^2 / 8 = (1/2) (D/tau)^2 = (1/2) (C/(N tau))^2 in the default
-        layout (InvisibleInk, Vinod, Pillutla & Thakurta 2025). 4x better than the generic
-        pure-DP conversion eps0^2/2.
-        """
-        d = self.sensitivity(cfg)
-        return 0.5 * (d / cfg.temperature) ** 2
-
-    def solve(self, cfg: DecodingConfig, rho: float) -> float:
-        """rho_sel = (1/2)(f C/(N tau))^2  =>  C = N tau sqrt(2 rho_sel) / f."""
-        f = row_change_factor(cfg)
-        return cfg.partitions * cfg.temperature * math.sqrt(2.0 * rho) / f
 
     def crafted_row(self, cfg: DecodingConfig, public: Sequence[float]) -> tuple[float, ...]:
         """The extreme row: after clipping it sits at +C on token 0 and -C on token 1
@@ -118,11 +87,6 @@ class Em(Mechanism):
         log_odds = math.log((1 - low_prob) / low_prob)  # score of token 1 minus token 0 under D'
         public = (0.0, cfg.temperature * log_odds)
         return Neighbours(public, (), self.crafted_row(cfg, public))
-
-    def claimed_bound(self, cfg: DecodingConfig) -> float:
-        """eps0 = 2D/tau: the bounded-range sampler is eps0-DP, so for every token y,
-        |log P_D(y) - log P_D'(y)| <= eps0 = 2C/(N tau). (Its zCDP cost is rho = eps0^2/8.)"""
-        return 2.0 * self.sensitivity(cfg) / cfg.temperature
 
 
 MECHANISM = Em()

@@ -28,7 +28,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from server_kit import KEYS, Client, InProcess, corpus, jsonl
 
-from service import client
+from service.client import cli as client
 from service.api.auth import hash_key
 from service.api.gen.privtext.v1 import datasets_pb2, generation_pb2
 

@@ -1,8 +1,9 @@
-"""`privtext client`: the command-line client of the privtext gRPC service.
+"""`privtext client`: the command-line client of the privtext gRPC service, a thin layer over
+the library (`library.Client`): every command makes its calls through it.
 
 Records go to stdout (or --out) as JSON lines and ids are the last stdout line, so the commands
-compose in scripts; everything meant for people goes to stderr. grpc and the generated stubs are
-imported inside the functions that use them: `build_parser()` registers these subcommands on every
+compose in scripts; everything meant for people goes to stderr. grpc, protobuf and pydantic are
+imported only when a command runs: `build_parser()` registers these subcommands on every
 `privtext` start, and the `service` extra (grpcio) may not be installed.
 """
 
@@ -14,19 +15,21 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, TYPE_CHECKING
 
+from .errors import PrivtextError, error_from_rpc
+# CHUNK_SIZE and upload_requests are not used here: they stay importable from this module, where
+# the single-module service.client had them.
+from .library import CHUNK_SIZE, FORMATS, Client, generate_request, upload_requests  # noqa: F401
+from .models import Budget, Dataset, Job, JobState, Record
+
 if TYPE_CHECKING:
     import grpc
 
-    from .api.gen.privtext.v1 import datasets_pb2, generation_pb2
-
-API_KEY_HEADER = "x-api-key"
-CHUNK_SIZE = 1 << 20  # bytes per UploadRequest.chunk
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+    from ..api.gen.privtext.v1 import generation_pb2
 
 
 def _say(message: str) -> None:
@@ -47,84 +50,105 @@ def parse_label_counts(text: str) -> dict[str, int]:
     return out
 
 
-def upload_requests(spec: datasets_pb2.DatasetSpec, f: IO[bytes], size: int = CHUNK_SIZE,
-                    on_chunk: Callable[[int], object] | None = None) -> Iterator[datasets_pb2.UploadRequest]:
-    """The UploadDataset stream: the spec first (the server requires it), then the file's bytes
-    as chunks of at most `size`, read lazily so a large file is never held in memory."""
-    from .api.gen.privtext.v1 import datasets_pb2
-
-    yield datasets_pb2.UploadRequest(spec=spec)
-    while chunk := f.read(size):
-        if on_chunk:
-            on_chunk(len(chunk))
-        yield datasets_pb2.UploadRequest(chunk=chunk)
-
-
-def build_generate_request(ns: argparse.Namespace) -> generation_pb2.GenerateRequest:
-    """A GenerateRequest holding only what the user gave: optional fields left out stay unset
-    (HasField false) so the server applies its defaults, and no empty `settings` or `gate` is
-    sent (a present gate switches the gate on)."""
-    from .api.gen.privtext.v1 import generation_pb2 as pb
-
-    label_counts = parse_label_counts(ns.label_counts) if ns.label_counts is not None else {}
+def request_options(ns: argparse.Namespace) -> dict:
+    """The keyword arguments of Client.generate / submit_job for the request flags; a flag left
+    out stays None, so the server applies its default. Mistakes are named by flag here."""
+    label_counts = parse_label_counts(ns.label_counts) if ns.label_counts is not None else None
     if ns.records is None and not label_counts:
         raise ValueError("--records is required unless --label-counts is given")
-    req = pb.GenerateRequest(dataset_id=ns.dataset, records=ns.records or 0, max_tokens=ns.max_tokens,
-                             label_counts=label_counts, stop=ns.stop or ())
-    if ns.preset is not None:
-        req.preset = ns.preset
-    else:
-        req.epsilon = ns.epsilon
-    if ns.mechanism:
-        if f"MECHANISM_{ns.mechanism.upper()}" in pb.Mechanism.keys():
-            req.mechanism = pb.Mechanism.Value(f"MECHANISM_{ns.mechanism.upper()}")
-        else:  # a mechanism registered after the proto: sent by name
-            req.mechanism_name = ns.mechanism
-    if ns.pii:
-        req.pii_policy = pb.PiiPolicy.Value(f"PII_POLICY_{ns.pii.upper()}")
+    labels = None
     if ns.labels is not None:
         labels = [s.strip() for s in ns.labels.split(",")]
         if not all(labels):
             raise ValueError(f"--labels must be comma-separated non-empty labels, got {ns.labels!r}")
-        req.labels.extend(labels)
-    if ns.seed is not None:
-        req.seed = ns.seed
-    for field in ("partitions", "temperature", "top_k", "top_k_plus", "units_per_row", "row_slots", "max_row_tokens"):
-        if getattr(ns, field) is not None:
-            setattr(req.settings, field, getattr(ns, field))
-    for field in ("threshold", "epsilon", "max_private"):
-        if getattr(ns, f"gate_{field}") is not None:
-            setattr(req.settings.gate, field, getattr(ns, f"gate_{field}"))
-    return req
+    from ..jobs.declared import proto_paths
+    from ..jobs.request import JobRequest
+
+    names = ("records", "max_tokens", "epsilon", "preset", "mechanism", "stop", "seed", "method", *proto_paths(JobRequest))
+    return {n: getattr(ns, n) for n in names} | {"label_counts": label_counts, "labels": labels, "pii": ns.pii}
 
 
-def record_to_json(rec: generation_pb2.SyntheticRecord) -> dict:
-    """One output line; `label` and `pii` only when there are any, so plain output stays lean."""
+def build_generate_request(ns: argparse.Namespace) -> generation_pb2.GenerateRequest:
+    """The GenerateRequest `generate` and `jobs submit` send for these flags."""
+    return generate_request(ns.dataset, **request_options(ns))
+
+
+def record_to_json(rec: Record) -> dict:
+    """One output line; `label` and `pii` only when there are any, so plain output stays lean.
+    A SyntheticRecord message (from code on the generated stubs) is converted first."""
+    if not isinstance(rec, Record):
+        rec = Record.from_message(rec)
     out: dict = {"index": rec.index, "text": rec.text}
     if rec.label:
         out["label"] = rec.label
     out |= {"tokens": rec.tokens, "finish_reason": rec.finish_reason}
-    pii: dict[str, int] = {}
-    for f in rec.findings:
-        pii[f.entity_type] = pii.get(f.entity_type, 0) + f.count
-    return out | ({"pii": pii} if pii else {})
+    return out | ({"pii": dict(rec.pii)} if rec.pii else {})
 
 
 def message_to_dict(msg) -> dict:
-    """Proto -> JSON-ready dict: proto field names, zero values kept, int64 as numbers."""
+    """Proto -> JSON-ready dict: proto field names, zero values kept, int64 as numbers (the JSON
+    that dataset_to_json and job_to_json reproduce from the library's dataclasses)."""
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
                          unquote_int64_if_possible=True)
 
 
-def budget_to_json(b: datasets_pb2.Budget) -> dict:
+def _json_object(fields: list[tuple[str, object, bool]]) -> dict:
+    """(name, value, is_zero) in field order -> the object in protobuf's JSON order: the fields
+    holding a value first, then the zero ones, each in field order (what `--json` always printed)."""
+    return {name: value for name, value, _ in sorted(fields, key=lambda f: f[2])}
+
+
+def _zero(value: object) -> bool:
+    return value in ("", 0) and not isinstance(value, bool)
+
+
+def _timestamp(ns: int) -> str:
+    """RFC 3339, as protobuf's JSON writes a Timestamp (0, 3, 6 or 9 fractional digits)."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromNanoseconds(ns)
+    return ts.ToJsonString()
+
+
+def _scalars(obj, names: Iterable[str]) -> list[tuple[str, object, bool]]:
+    """(name, value, is_zero) of plain fields; None (the dataclasses' "absent") is the proto's ""."""
+    out = []
+    for name in names:
+        value = getattr(obj, name)
+        value = "" if value is None else value
+        out.append((name, value, _zero(value)))
+    return out
+
+
+def _timestamps(obj, names: Iterable[str]) -> list[tuple[str, object, bool]]:
+    return [(n, _timestamp(getattr(obj, f"{n}_ns")), False) for n in names if getattr(obj, f"{n}_ns") is not None]
+
+
+def dataset_to_json(ds: Dataset) -> dict:
+    """The `datasets get --json` object (the Dataset message's JSON)."""
+    fields = _json_object(_scalars(ds, ("text_field", "label_field", "unit_field")))
+    return _json_object(_scalars(ds, ("id", "name")) + [("fields", fields, False)]
+                        + _scalars(ds, ("epsilon_cap", "delta", "records", "units_source")) + _timestamps(ds, ("created_at",)))
+
+
+def job_to_json(job: Job) -> dict:
+    """The `jobs status --json` object (the Job message's JSON: state as JOB_STATE_<STATE>)."""
+    state = [("state", f"JOB_STATE_{job.state}", job.state == JobState.UNSPECIFIED)]
+    return _json_object(_scalars(job, ("id", "dataset_id")) + state
+                        + _scalars(job, ("records_done", "records_total", "epsilon_reserved", "epsilon_spent", "error"))
+                        + _timestamps(job, ("created_at", "updated_at")) + _scalars(job, ("message",)))
+
+
+def budget_to_json(b: Budget) -> dict:
     """The `budget --json` object: the totals and the ledger's (label, epsilon) pairs."""
     return {"epsilon_cap": b.epsilon_cap, "spent": b.spent, "remaining": b.remaining, "delta": b.delta,
             "entries": [{"label": e.label, "epsilon": e.epsilon} for e in b.entries]}
 
 
-def format_budget(b: datasets_pb2.Budget) -> str:
+def format_budget(b: Budget) -> str:
     """The budget as people read it: the totals, then the ledger as a two-column table."""
     lines = [f"epsilon cap  {b.epsilon_cap:.4f}", f"spent        {b.spent:.4f}",
              f"remaining    {b.remaining:.4f}", f"delta        {b.delta:g}"]
@@ -134,25 +158,13 @@ def format_budget(b: datasets_pb2.Budget) -> str:
     return "\n".join([*lines, "", f"{'label':<{width}}  epsilon", *(f"{e.label:<{width}}  {e.epsilon:.4f}" for e in b.entries)])
 
 
-def describe_rpc_error(err: grpc.RpcError) -> str:
-    """`error: CODE: details`, then the rich status' quota and field violations, which say what to
-    change (which budget ran out, which field is wrong) better than the message alone."""
-    from google.rpc import error_details_pb2 as ed
-    from grpc_status import rpc_status
-
-    code = err.code() if hasattr(err, "code") else None
-    lines = [f"error: {code.name if code else 'UNKNOWN'}: {err.details() if code else err}"]
-    try:
-        status = rpc_status.from_call(err) if code else None
-    except ValueError:  # details whose code or message disagree with the call's: not trusted
-        status = None
-    for detail in status.details if status else ():
-        if detail.Is(ed.QuotaFailure.DESCRIPTOR):
-            (qf := ed.QuotaFailure()).ParseFromString(detail.value)
-            lines += [f"  quota: {v.subject}: {v.description}" for v in qf.violations]
-        elif detail.Is(ed.BadRequest.DESCRIPTOR):
-            (br := ed.BadRequest()).ParseFromString(detail.value)
-            lines += [f"  field: {v.field}: {v.description}" for v in br.field_violations]
+def describe_rpc_error(err: PrivtextError | grpc.RpcError) -> str:
+    """`error: CODE: details`, then the rich status' field and quota violations, which say what
+    to change (which field is wrong, which budget ran out) better than the message alone."""
+    e = err if isinstance(err, PrivtextError) else error_from_rpc(err)
+    lines = [f"error: {e.code}: {e.details}"]
+    lines += [f"  field: {v.field}: {v.description}" for v in e.field_violations]
+    lines += [f"  quota: {v.subject}: {v.description}" for v in e.quota_violations]
     return "\n".join(lines)
 
 
@@ -169,7 +181,7 @@ def resume_offset(path: Path) -> int:
     return data.count(b"\n", 0, keep)
 
 
-def write_records(records: Iterable[generation_pb2.SyntheticRecord], out: IO[str], total: int | None = None) -> tuple[int, int]:
+def write_records(records: Iterable[Record], out: IO[str], total: int | None = None) -> tuple[int, int]:
     """Write each record as a JSON line as it arrives, flushed, so an interrupted stream keeps
     what it got; returns (records, tokens)."""
     n = tokens = 0
@@ -194,35 +206,26 @@ def _progress(total: int | None, unit: str, **kw):
     return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), **kw)
 
 
-def _channel(ns: argparse.Namespace) -> grpc.Channel:
-    import grpc
-
-    if not ns.tls_ca:
-        return grpc.insecure_channel(ns.server)
-    try:
-        ca = Path(ns.tls_ca).read_bytes()
-    except OSError as e:
-        raise ValueError(f"--tls-ca: cannot read {ns.tls_ca}: {e.strerror}") from None
-    return grpc.secure_channel(ns.server, grpc.ssl_channel_credentials(root_certificates=ca))
-
-
-def call_options(ns: argparse.Namespace) -> dict:
-    """Keyword arguments of every stub call: the --timeout deadline and the API key metadata."""
-    key = os.environ.get("PRIVTEXT_API_KEY")
-    return {"timeout": ns.timeout, "metadata": ((API_KEY_HEADER, key),) if key else None}
+def connect(ns: argparse.Namespace) -> Client:
+    """The Client of the connection flags: --server, --tls-ca, --timeout and $PRIVTEXT_API_KEY."""
+    tls: bool | bytes = False
+    if ns.tls_ca:
+        try:
+            tls = Path(ns.tls_ca).read_bytes()
+        except OSError as e:
+            raise ValueError(f"--tls-ca: cannot read {ns.tls_ca}: {e.strerror}") from None
+    return Client(ns.server, api_key=os.environ.get("PRIVTEXT_API_KEY") or None, tls=tls, timeout=ns.timeout)
 
 
-def _rpc(fn: Callable[[argparse.Namespace, grpc.Channel, dict], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a command on an open channel: RPC failures -> exit 1, bad local input -> exit 2, Ctrl-C -> 130."""
+def _command(fn: Callable[[argparse.Namespace, Client], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command with a connected Client: refusals -> exit 1, bad local input -> exit 2, Ctrl-C -> 130."""
 
     @functools.wraps(fn)
     def run(ns: argparse.Namespace) -> int:
-        import grpc
-
         try:
-            with _channel(ns) as channel:
-                return fn(ns, channel, call_options(ns))
-        except grpc.RpcError as err:
+            with connect(ns) as client:
+                return fn(ns, client)
+        except PrivtextError as err:
             _say(describe_rpc_error(err))
             return 1
         except ValueError as e:
@@ -234,58 +237,47 @@ def _rpc(fn: Callable[[argparse.Namespace, grpc.Channel, dict], int]) -> Callabl
     return run
 
 
-def _stub(channel: grpc.Channel, service: str):
-    """(message module, stub) of the `datasets` or the `generation` service."""
-    from .api.gen.privtext.v1 import datasets_pb2, datasets_pb2_grpc, generation_pb2, generation_pb2_grpc
+def _printed(call: Callable[[argparse.Namespace, Client], object], render: Callable[[object, bool], str]) -> Callable[[argparse.Namespace], int]:
+    """A command printing render(call's result, --json)."""
 
-    if service == "datasets":
-        return datasets_pb2, datasets_pb2_grpc.DatasetsStub(channel)
-    return generation_pb2, generation_pb2_grpc.GenerationStub(channel)
-
-
-def _show(service: str, method: str, render: Callable[[object, bool], str]) -> Callable[[argparse.Namespace], int]:
-    """A command making one unary call (on the `id` argument when `<method>Request` has an id
-    field) that prints render(response, --json)."""
-
-    @_rpc
-    def cmd(ns: argparse.Namespace, channel: grpc.Channel, opts: dict) -> int:
-        pb, stub = _stub(channel, service)
-        cls = getattr(pb, f"{method}Request")
-        req = cls(id=ns.id) if "id" in cls.DESCRIPTOR.fields_by_name else cls()
-        print(render(getattr(stub, method)(req, **opts), getattr(ns, "json", False)))
+    @_command
+    def cmd(ns: argparse.Namespace, client: Client) -> int:
+        print(render(call(ns, client), getattr(ns, "json", False)))
         return 0
 
     return cmd
 
 
-def _state(job: generation_pb2.Job) -> str:
-    from .api.gen.privtext.v1 import generation_pb2
-
-    return generation_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
-
-
-def format_job(job: generation_pb2.Job) -> str:
+def format_job(job: Job) -> str:
     """A job's state and progress, one field a line."""
-    lines = [f"job      {job.id}", f"dataset  {job.dataset_id}", f"state    {_state(job)}",
+    lines = [f"job      {job.id}", f"dataset  {job.dataset_id}", f"state    {job.state}",
              f"records  {job.records_done}/{job.records_total}",
              f"epsilon  {job.epsilon_spent:g} spent of {job.epsilon_reserved:g} reserved"]
     return "\n".join(lines + ([f"error    {job.error}"] if job.error else []))
 
 
-def _as_json_or(text: Callable[[object], str]) -> Callable[[object, bool], str]:
-    return lambda msg, as_json: json.dumps(message_to_dict(msg), indent=2) if as_json else text(msg)
+def _format_dataset(ds: Dataset) -> str:
+    return "\n".join(f"{k:<13}{v}" for k, v in dataset_to_json(ds).items())
 
 
-cmd_datasets_list = _show("datasets", "ListDatasets", _as_json_or(lambda r: "\n".join(
-    f"{d.id}  {d.name}  records={d.records}  epsilon_cap={d.epsilon_cap:g}  delta={d.delta:g}" for d in r.datasets)))
-cmd_datasets_get = _show("datasets", "GetDataset", _as_json_or(lambda d: "\n".join(f"{k:<13}{v}" for k, v in message_to_dict(d).items())))
-cmd_datasets_delete = _show("datasets", "DeleteDataset", lambda r, _: f"deleted {r.id}")
-cmd_budget = _show("datasets", "GetBudget", lambda b, as_json: json.dumps(budget_to_json(b)) if as_json else format_budget(b))
-cmd_jobs_status = _show("generation", "GetJob", _as_json_or(format_job))
-cmd_jobs_cancel = _show("generation", "CancelJob", lambda j, _: f"job {j.id}: {_state(j)}")
+def _delete(ns: argparse.Namespace, client: Client) -> str:
+    client.delete_dataset(ns.id)
+    return ns.id
 
 
-def _stream_to(records: Iterable, out: Path | None, append: bool, total: int | None) -> int:
+cmd_datasets_list = _printed(lambda ns, c: c.list_datasets(), lambda ds, as_json: json.dumps(
+    {"datasets": [dataset_to_json(d) for d in ds]}, indent=2) if as_json else "\n".join(
+    f"{d.id}  {d.name}  records={d.records}  epsilon_cap={d.epsilon_cap:g}  delta={d.delta:g}" for d in ds))
+cmd_datasets_get = _printed(lambda ns, c: c.get_dataset(ns.id),
+                            lambda d, as_json: json.dumps(dataset_to_json(d), indent=2) if as_json else _format_dataset(d))
+cmd_datasets_delete = _printed(_delete, lambda id_, _: f"deleted {id_}")
+cmd_budget = _printed(lambda ns, c: c.budget(ns.id), lambda b, as_json: json.dumps(budget_to_json(b)) if as_json else format_budget(b))
+cmd_jobs_status = _printed(lambda ns, c: c.get_job(ns.id),
+                           lambda j, as_json: json.dumps(job_to_json(j), indent=2) if as_json else format_job(j))
+cmd_jobs_cancel = _printed(lambda ns, c: c.cancel_job(ns.id), lambda j, _: f"job {j.id}: {j.state}")
+
+
+def _stream_to(records: Iterable[Record], out: Path | None, append: bool, total: int | None) -> int:
     t0 = time.perf_counter()
     if out is None:
         n, tokens = write_records(records, sys.stdout, total)
@@ -296,23 +288,19 @@ def _stream_to(records: Iterable, out: Path | None, append: bool, total: int | N
     return 0
 
 
-@_rpc
-def cmd_upload(ns: argparse.Namespace, channel: grpc.Channel, opts: dict) -> int:
+@_command
+def cmd_upload(ns: argparse.Namespace, client: Client) -> int:
     path = Path(ns.file)
     if not path.is_file():
         raise ValueError(f"FILE: no such file: {path}")
     fmt = ns.format or FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"--format: cannot tell the format of {path.name!r} from its suffix; pass --format jsonl or csv")
-    pb, stub = _stub(channel, "datasets")
-    spec = pb.DatasetSpec(name=ns.name, text_field=ns.text_field, label_field=ns.label_field or "",
-                          unit_field=ns.unit_field or "", epsilon_cap=ns.epsilon_cap, delta=ns.delta, format=fmt)
-    if ns.declared_public_units is not None:
-        spec.declared_public_units = ns.declared_public_units
     bar = _progress(path.stat().st_size, "B", unit_scale=True, unit_divisor=1024)
     try:
-        with path.open("rb") as f:
-            ds = stub.UploadDataset(upload_requests(spec, f, on_chunk=bar.update), **opts)
+        ds = client.upload(path, name=ns.name, text_field=ns.text_field, label_field=ns.label_field or None,
+                           unit_field=ns.unit_field or None, epsilon_cap=ns.epsilon_cap, delta=ns.delta,
+                           declared_public_units=ns.declared_public_units, format=fmt, on_progress=bar.update)
     finally:
         bar.close()
     _say(f"uploaded {ds.name!r}: {ds.records} records, epsilon cap {ds.epsilon_cap:g}, delta {ds.delta:g}, units {ds.units_source}")
@@ -320,32 +308,28 @@ def cmd_upload(ns: argparse.Namespace, channel: grpc.Channel, opts: dict) -> int
     return 0
 
 
-@_rpc
-def cmd_generate(ns: argparse.Namespace, channel: grpc.Channel, opts: dict) -> int:
-    req = build_generate_request(ns)
-    _, stub = _stub(channel, "generation")
-    return _stream_to(stub.Generate(req, **opts), ns.out, False, req.records or sum(req.label_counts.values()))
+@_command
+def cmd_generate(ns: argparse.Namespace, client: Client) -> int:
+    options = request_options(ns)
+    records = client.generate(ns.dataset, **options)
+    return _stream_to(records, ns.out, False, ns.records or sum((options["label_counts"] or {}).values()))
 
 
-@_rpc
-def cmd_jobs_submit(ns: argparse.Namespace, channel: grpc.Channel, opts: dict) -> int:
-    req = build_generate_request(ns)
-    _, stub = _stub(channel, "generation")
-    job = stub.SubmitJob(req, **opts)
+@_command
+def cmd_jobs_submit(ns: argparse.Namespace, client: Client) -> int:
+    job = client.submit_job(ns.dataset, **request_options(ns))
     _say(f"submitted: {job.records_total} records, epsilon reserved {job.epsilon_reserved:g}")
     print(job.id)
     return 0
 
 
-@_rpc
-def cmd_jobs_results(ns: argparse.Namespace, channel: grpc.Channel, opts: dict) -> int:
-    pb, stub = _stub(channel, "generation")
+@_command
+def cmd_jobs_results(ns: argparse.Namespace, client: Client) -> int:
     resume = ns.out is not None and ns.offset is None
     offset = resume_offset(ns.out) if resume else (ns.offset or 0)
     if offset and resume:
         _say(f"resuming after the {offset} records already in {ns.out}")
-    stream = stub.StreamJobResults(pb.StreamJobResultsRequest(id=ns.id, offset=offset), **opts)
-    return _stream_to(stream, ns.out, resume, None)
+    return _stream_to(client.job_results(ns.id, start=offset), ns.out, resume, None)
 
 
 def _request_args(p: argparse.ArgumentParser) -> None:
@@ -359,12 +343,12 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     from mechanisms.registry import names as mechanism_names
 
     p.add_argument("--mechanism", choices=mechanism_names(), default=None, help="default: the server's (em)")
-    for flag, kind in (("--partitions", int), ("--temperature", float), ("--top-k", int), ("--units-per-row", int),
-                       ("--row-slots", int), ("--max-row-tokens", int),
-                       ("--gate-threshold", float), ("--gate-epsilon", float), ("--gate-max-private", int), ("--seed", int)):
-        p.add_argument(flag, type=kind, default=None)
-    p.add_argument("--top-k-plus", action=argparse.BooleanOptionalAction, default=None,
-                   help="em: widen the public top-k to top-k+ (server default) or not (--no-top-k-plus)")
+    p.add_argument("--seed", type=int, default=None, help="refused by the server (every request draws fresh noise)")
+    from ..jobs.declared import add_arguments, proto_paths
+    from ..jobs.request import JobRequest
+
+    # the settings the request carries, flags and help from their one declaration (service/jobs/request.py)
+    add_arguments(p, JobRequest, ("method", *proto_paths(JobRequest)), unset=True)
     labels = p.add_mutually_exclusive_group()
     labels.add_argument("--label-counts", default=None, help="public records per label, e.g. spam=2,ham=3")
     labels.add_argument("--labels", default=None, help="labels, comma-separated; records split by a DP histogram")

@@ -1,7 +1,8 @@
 """The Generation service: streamed generation and batch jobs over the shared engine.
 
-Every request is charged (DP count once per dataset, then the plan's worst case) before its
-first group reaches the engine; a refusal (RESOURCE_EXHAUSTED with a QuotaFailure) therefore
+Every request is charged (DP count once per dataset, then the plan's worst case: for Private
+Evolution its T histograms, for SelectCandidates its one histogram) before its first group
+reaches the engine or its first vote is computed; a refusal (RESOURCE_EXHAUSTED with a QuotaFailure) therefore
 always comes before any record. A client that cancels or whose deadline passes stops its
 groups in the engine; its reservation stays charged.
 """
@@ -17,10 +18,12 @@ import grpc
 
 from ..jobs.dataset_job import Admission, decode, prepare, reserved
 from ..jobs.records import RecordFilter
+from ..jobs.select import select_from_dataset
 from ..store.interface import JobInfo
 from . import convert
 from .errors import ApiError, abort_for
 from .gen.privtext.v1 import generation_pb2_grpc
+from .selection import select_request, select_response
 from .state import ServerState
 
 log = logging.getLogger(__name__)
@@ -107,3 +110,18 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             if info.state == "cancelled":
                 await abort_for(context, ApiError(grpc.StatusCode.CANCELLED, f"job {info.id} was cancelled"))
             await asyncio.sleep(POLL_SECONDS)
+
+    async def SelectCandidates(self, request, context):
+        tenant = self.s.tenant(context)
+        try:
+            ask = select_request(request, self.s.settings)
+        except Exception as e:
+            await abort_for(context, e)
+        label = f"select {secrets.token_hex(6)}"
+        sel = await self.s.call(
+            context, select_from_dataset, self.s.store, tenant, ask.dataset_id, ask.pool, ask.top, ask.threshold, ask.epsilon,
+            ask.sigma, label, self.s.settings.count_noise, self.s.server_secret, subject=f"datasets/{ask.dataset_id}",
+        )
+        await asyncio.to_thread(self.s.refresh_budget, tenant, ask.dataset_id)
+        log.info("%s: dataset %s, %d candidates, epsilon %.4g charged", label, ask.dataset_id, len(ask.pool.texts), sel.plan.epsilon)
+        return select_response(ask, sel)

@@ -69,6 +69,10 @@ class ServerSettings(BaseSettings):
     max_request_labels: int = Field(default=100, ge=1)  # labels or label_counts per request
     max_stop_chars: int = Field(default=100, ge=1)  # each stop string
     max_stop_strings: int = Field(default=16, ge=0)  # stop strings per request
+    max_pe_iterations: int = Field(default=10, ge=1, le=100)  # Private Evolution's T per request (pe.iterations)
+    max_pe_population: int = Field(default=256, ge=1, le=100_000)  # PE candidates per label per iteration (pe.population)
+    max_select_candidates: int = Field(default=2000, ge=1)  # candidates per SelectCandidates request
+    max_candidate_chars: int = Field(default=2000, ge=1)  # each SelectCandidates candidate
     budget_entries: int = Field(default=100, ge=0)  # ledger entries GetBudget returns (the most recent)
     presets: dict[str, float] = Field(default_factory=lambda: {"low": 1.0, "medium": 4.0, "high": 8.0})
     count_noise: float = Field(default=10.0, gt=0)  # sigma of the DP unit count / label histogram

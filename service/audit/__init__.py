@@ -6,6 +6,8 @@
   (inserted versus held-out canaries) with a confidence interval;
 - tokens: the seeded Monte-Carlo estimator of one selection step's privacy loss on crafted
   neighbouring logits (also used by tests/mechanisms/test_privacy_empirical.py);
+- histogram: the same estimator on Private Evolution's T DP histograms, on crafted neighbouring
+  vote sets;
 - run: the whole audit; report: its text and JSON; cli: the subcommand.
 
 Nothing here is imported by the rest of the service; the heavy modules (scipy, torch) are

@@ -16,7 +16,7 @@ def cmd(a: argparse.Namespace) -> int:
     from .run import AuditSettings, run_audit
 
     fields = ("rows", "once", "repeated", "copies", "held_out", "epsilon", "delta", "mechanism", "partitions", "max_tokens",
-              "records", "seed", "draws", "token_delta", "engine", "model", "workdir")
+              "records", "seed", "draws", "token_delta", "pe_iterations", "engine", "model", "workdir")
     given = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
     settings = AuditSettings.quick(**given) if a.quick else AuditSettings(**given)
     report = run_audit(settings, progress=_say)
@@ -33,10 +33,11 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "audit",
-        help="privacy audit: canary leakage, membership inference AUC, per-token privacy loss of each mechanism",
+        help="privacy audit: canary leakage, membership inference AUC, per-token privacy loss of each mechanism, PE's histograms",
         description="Plant canaries in an SMS corpus, generate through the real job path, and report canary leakage, a "
                     "membership-inference AUC from the synthetic text, and each mechanism's empirical per-token privacy "
-                    "loss next to its claim. Exit status 1 when a check fails.",
+                    "loss next to its claim, and the privacy loss of Private Evolution's DP histograms next to theirs. Exit status 1 "
+                    "when a check fails.",
     )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full report as JSON")
     p.add_argument("--quick", action="store_true", help="the CI subset: 40 rows, 12 tokens, 60k draws (defaults: 300, 32, 400k)")
@@ -54,6 +55,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of canaries, sample, partition and mechanisms (default: 0)")
     p.add_argument("--draws", type=int, default=None, help="Monte-Carlo draws per neighbouring input in the per-token audit")
     p.add_argument("--token-delta", type=float, default=None, help="per-token delta of the gaussian figures (default: --delta)")
+    p.add_argument("--pe-iterations", type=int, default=None, help="T of the Private Evolution plan whose histograms are audited (default: 3)")
     p.add_argument("--engine", default=None, help="auto (default) or a backend name")
     p.add_argument("--model", default=None, help="a local model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--workdir", type=Path, default=None, help="keep the corpus, canaries and synthetic records here")

@@ -21,7 +21,10 @@ Definitions
     em, amin       claim pure eps0 = 2C/(N tau) per token; empirical = max over tokens |log P_D - log P_D'|
     gaussian       no pure epsilon; claim = eps at delta of the Gaussian mechanism, mu = sensitivity/sigma;
                    empirical = eps at the same delta of the smallest Gaussian profile above the estimated
-                   delta(eps) curve (so empirical <= claimed <=> estimated mu <= claimed mu)"""
+                   delta(eps) curve (so empirical <= claimed <=> estimated mu <= claimed mu)
+  pe histograms    T Gaussian histograms of the units' votes on crafted neighbouring vote sets (one unit more,
+                   its vote vector of L2 norm 1); claim = eps at delta of mu = sqrt(T)/sigma; empirical as for
+                   gaussian, on the summed projection of the releases onto the unit's direction"""
 
 
 def _f(x, digits: int = 3) -> str:
@@ -74,6 +77,18 @@ def format_text(r: dict) -> str:
         if a["claim"] != "pure":
             x = a["extra"]
             lines.append(f"  {'':<9} mu claimed {x['mu_claimed']:.4f}, estimated mu lower bound {x['mu_lower']:.4f} (point {x['mu_point']:.4f})")
+    pe = r.get("pe_histogram")
+    if pe is not None:
+        lines += [
+            "",
+            f"Private Evolution histograms (the plan pe makes for this corpus: T = {pe['iterations']}, sigma {pe['sigma']:.4f}, "
+            f"threshold {pe['threshold']:g}; {pe['draws']:,} draws per input, alpha {pe['alpha']:g})",
+            f"  claimed eps at delta {pe['delta']:g} {pe['claimed_epsilon']:.4f} (mu {pe['mu_claimed']:.4f}; the plan's accountant epsilon "
+            f"{pe['plan_epsilon']:.4f}), empirical lower bound {pe['empirical_epsilon']:.4f}, point {pe['empirical_point']:.4f}, "
+            f"tightness {pe['tightness']:.2f}",
+        ]
+        lines += [f"  {c['name']}: L2 change {c['l2_change']:.3f}, mu lower bound {c['mu_lower']:.4f} (point {c['mu_point']:.4f})"
+                  for c in pe["cases"]]
     lines += ["", DEFINITIONS, "", "Result"]
     for c in r["checks"]:
         lines.append(f"  {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}")

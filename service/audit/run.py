@@ -1,7 +1,7 @@
 """The whole audit: plant canaries, generate through the real job path, measure leakage and
 membership inference, audit each mechanism's per-token claim, and decide what passed.
 
-Generation is `service.jobs.generate.run_generate` on a corpus file, exactly as
+Generation is `service.jobs.local_run.run_generate` on a corpus file, exactly as
 `privtext generate` runs it, with two audit choices stated in the report:
 - the unit count is declared public (the auditor built the corpus; no DP count is drawn);
 - the PII filter is off: it is post-processing and no privacy guarantee, and it would redact
@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from mechanisms import DecodingConfig, PrivacyEvent, epsilon_of, group_count, plan
+from mechanisms.pe import plan_pe
 from mechanisms.registry import names as mechanism_names
 
 from . import canaries as cn
 from . import mia
+from .histogram import audit_pe
 from .tokens import ALPHA, audit_token
 
 
@@ -49,6 +51,7 @@ class AuditSettings:
     draws: int = 400_000  # per neighbouring input, per mechanism, in the per-token audit
     alpha: float = ALPHA
     token_delta: float | None = None  # per-token delta of the gaussian figures (default: delta)
+    pe_iterations: int = 3  # pe's audit: T histograms of the plan pe would make for this corpus at epsilon and delta
     mia_context: int = 4  # synthetic records in the membership score's context
     bootstrap: int = 2000
     engine: str = "auto"
@@ -87,7 +90,8 @@ def _auc_block(pos: list[float], neg: list[float], s: AuditSettings, seed: int) 
 
 def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | None = None) -> dict:
     """Run the audit; returns the report dict (report.format_text renders it)."""
-    from ..jobs.generate import GenerateSpec, run_generate
+    from ..jobs.local_run import run_generate
+    from ..jobs.request import GenerateSpec
 
     say = progress or (lambda _m: None)
     t_start = time.time()
@@ -170,6 +174,14 @@ def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | N
         say(f"per-token {m}: empirical eps lower bound {a.empirical_epsilon:.4f} (point {a.empirical_point:.4f}) vs claimed {a.claimed_epsilon:.4f}")
     seconds["per_token"] = time.time() - t0
 
+    # Private Evolution: its plan for this corpus at the same (epsilon, delta), T histograms audited together
+    t0 = time.time()
+    pe_plan = plan_pe(units=units, records=records, iterations=s.pe_iterations, threshold=0.0, delta=s.delta, epsilon=s.epsilon)
+    pe = audit_pe(pe_plan, s.draws, s.seed + 7000, s.alpha).to_dict()
+    say(f"pe histograms: empirical eps lower bound {pe['empirical_epsilon']:.4f} (point {pe['empirical_point']:.4f}) "
+        f"vs claimed {pe['claimed_epsilon']:.4f}")
+    seconds["pe_histogram"] = time.time() - t0
+
     checks = []
 
     def check(name: str, passed: bool, detail: str) -> None:
@@ -191,6 +203,11 @@ def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | N
         check(f"{m} per-token privacy loss within its claim", a["passed"],
               f"{m} empirical {what} lower bound {a['empirical_epsilon']:.4f} <= claimed {a['claimed_epsilon']:.4f} "
               f"(point {a['empirical_point']:.4f}, tightness {a['tightness']:.2f})")
+
+    check("pe histogram privacy loss within its claim", pe["passed"],
+          f"pe empirical eps at delta {pe['delta']:g} of its {pe['iterations']} histograms lower bound {pe['empirical_epsilon']:.4f} "
+          f"<= claimed {pe['claimed_epsilon']:.4f} (point {pe['empirical_point']:.4f}, tightness {pe['tightness']:.2f}; "
+          f"the plan's accountant epsilon {pe['plan_epsilon']:.4f})")
 
     report = {
         "canaries": len(canaries),
@@ -227,6 +244,7 @@ def run_audit(s: AuditSettings, engine=None, progress: Callable[[str], None] | N
         "pii_filter": "off (post-processing; it would redact the digit secrets)",
         "per_token": per_token,
         "per_token_delta": token_delta,
+        "pe_histogram": pe,
         "checks": checks,
         "passed": all(c["passed"] for c in checks),
         "canary_details": details,

@@ -28,7 +28,8 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-_FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "top_k_plus", "template", "train_rows", "test_rows", "seed")
+_FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "top_k_plus", "pe_iterations",
+          "pe_population", "template", "train_rows", "test_rows", "seed")
 
 
 def _sweep(text: str) -> tuple[str, tuple[float, ...]]:
@@ -74,7 +75,7 @@ def _settings(a: argparse.Namespace, **override):
 
 
 def cmd(a: argparse.Namespace) -> int:
-    from .report import verdicts
+    from .report import comparisons, verdicts
     from .write import write_report
     from .runner import GRID, claim_folder, run_eval
     from .seeds import combine, seed_folder
@@ -105,7 +106,7 @@ def cmd(a: argparse.Namespace) -> int:
         results = combine(by_seed)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     report = write_report(results, out, command)
-    for line in verdicts(results):
+    for line in (*verdicts(results), *comparisons(results)):
         print(line)
     say(f"wrote {report} and its plots: " + ", ".join(str(p) for p in sorted(out.glob("*.png"))))
     return 0
@@ -150,7 +151,8 @@ def add_parser(sub) -> None:
     p.add_argument("--fast", action="store_true", help="the CI subset: sms-spam, epsilon 3 and inf, em, 16 records of 12 tokens")
     p.add_argument("--datasets", type=_names, default=None, help="comma-separated: sms-spam,trec,rotten-tomatoes (default: all)")
     p.add_argument("--epsilons", type=_floats, default=None, help="comma-separated, inf = no privacy (default: 1,3,10,inf)")
-    p.add_argument("--mechanisms", type=_names, default=None, help=f"comma-separated: {','.join(mechanism_names())} (default: all)")
+    p.add_argument("--mechanisms", type=_names, default=None,
+                   help=f"comma-separated: {','.join(mechanism_names())} and pe, Private Evolution (default: all)")
     p.add_argument("--records", type=int, default=None, help="synthetic records per cell (default: 100)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per record (default: per dataset, 24-40)")
     p.add_argument("--partitions", type=int, default=None, help="N, rows per group (default: 8)")
@@ -158,6 +160,9 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="public candidate set size (default: 64)")
     p.add_argument("--top-k-plus", action=argparse.BooleanOptionalAction, default=None,
                    help="em: widen the public top-k to top-k+ (default) or keep the public top-k (--no-top-k-plus)")
+    p.add_argument("--pe-iterations", type=int, default=None, help="pe: T, one DP histogram each (default: 3)")
+    p.add_argument("--pe-population", type=int, default=None,
+                   help="pe: candidates per label per iteration (default: the fewest the job accepts, records per label or records)")
     p.add_argument("--template", default=None,
                    help="prompt template for every dataset: a packaged name (default, sms-spam, trec, rotten-tomatoes) or a TOML file "
                         "(default: each dataset's own)")

@@ -14,16 +14,21 @@ from mechanisms import registry
 CLASSIFIERS = (("tfidf", "TF-IDF + LR"), ("minilm", "MiniLM + LR"))
 METRIC = "balanced_accuracy"  # the headline (scores.accuracy says why)
 NO_PRIVACY_COLOUR = "black"  # the epsilon = inf cell ("none"); each mechanism's colour is its registry PlotStyle
+PE = "pe"  # Private Evolution, the other generation method (runner.PE)
+PE_STYLE = registry.PlotStyle("#e377c2", "D")  # clear of the mechanisms', "real" (C5) and bench's em+gate (C4)
+DP_TRAINED_STYLE = {"color": "#8c564b", "ls": "--", "marker": "x", "lw": 1}  # the DP-trained classifier, across epsilons
 
 
 def colour(mechanism: str) -> str:
-    """One colour per mechanism across the eval plots (Mechanism.style), black for "none"."""
-    return NO_PRIVACY_COLOUR if mechanism == "none" else registry.get(mechanism).style.colour
+    """One colour per method across the eval plots (Mechanism.style; PE_STYLE for pe), black for "none"."""
+    if mechanism == "none":
+        return NO_PRIVACY_COLOUR
+    return PE_STYLE.colour if mechanism == PE else registry.get(mechanism).style.colour
 
 
 def styles() -> list[tuple[str, str]]:
-    """(mechanism, matplotlib format "<marker>-") of every registered mechanism, in registry order."""
-    return [(m.name, f"{m.style.marker}-") for m in registry.mechanisms()]
+    """(method, matplotlib format "<marker>-") of every registered mechanism, in registry order, then pe."""
+    return [(m.name, f"{m.style.marker}-") for m in registry.mechanisms()] + [(PE, f"{PE_STYLE.marker}-")]
 
 
 # the reference lines every accuracy plot draws; "real" keeps clear of the mechanisms' colours (and bench's em+gate, C4)
@@ -91,7 +96,8 @@ def verdicts(results: dict) -> list[str]:
                 lines.append(f"{ok} {name} {label}: em at epsilon {GOAL_EPSILON:g} reaches {ratio:.1%} of the non-private {mean}balanced accuracy "
                              f"({accuracy(at_goal[key]):.3f} / {accuracy(ceiling[key]):.3f}; aim >= {GOAL_RATIO:.0%}{per_seed})")
             for eps in finite_epsilons(cells.values()):
-                scored = {c["mechanism"]: c[key] for c in cells.values() if cell_epsilon(c) == eps and c[key] is not None}
+                scored = {c["mechanism"]: c[key] for c in cells.values()
+                          if cell_epsilon(c) == eps and c[key] is not None and c["mechanism"] != PE}  # mechanisms only: pe in comparisons()
                 row = {m: accuracy(v) for m, v in scored.items()}
                 if len(row) > 1:
                     best = max(row, key=row.get)
@@ -100,6 +106,49 @@ def verdicts(results: dict) -> list[str]:
                                  + ", ".join(f"{m} {v:.3f}" for m, v in sorted(row.items())) + ")"
                                  + (_seed_wins(scored, "em") if "em" in scored else ""))
     return lines
+
+
+def dp_trained_at(d: dict, eps: float) -> dict | None:
+    """A dataset's DP-trained row at eps, if it was computed."""
+    return next((r for r in d.get("dp_trained", {}).values() if float(r["epsilon"]) == eps), None)
+
+
+def comparisons(results: dict) -> list[str]:
+    """At each finite epsilon and classifier: pe against the best private-decoding mechanism, with
+    what each cost (forwards, wall time), and the best synthetic set against the DP-trained
+    classifier (a synthetic set is worth making where it beats that row). Lines start with
+    "pe leads"/"decoding leads" and "BEATS"/"BELOW"."""
+    lines = []
+    for name, d in results["datasets"].items():
+        cells = d["cells"]
+        for key, label in CLASSIFIERS:
+            for eps in finite_epsilons(cells.values()):
+                at = [c for c in cells.values() if cell_epsilon(c) == eps and c[key] is not None]
+                decoding = [c for c in at if c["mechanism"] != PE]
+                pe = next((c for c in at if c["mechanism"] == PE), None)
+                if pe is not None and decoding:
+                    best = max(decoding, key=lambda c: accuracy(c[key]))
+                    who = "pe leads" if accuracy(pe[key]) > accuracy(best[key]) else "decoding leads"
+                    lines.append(f"{who} {name} {label} at epsilon {eps:g}: pe {accuracy(pe[key]):.3f} ({_cost(pe)}), best decoding "
+                                 f"{best['mechanism']} {accuracy(best[key]):.3f} ({_cost(best)})")
+                dp = dp_trained_at(d, eps)
+                if at and dp is not None and dp[key] is not None:
+                    best = max(at, key=lambda c: accuracy(c[key]))
+                    verdict = "BEATS" if accuracy(best[key]) > accuracy(dp[key]) else "BELOW"
+                    lines.append(f"{verdict} {name} {label} at epsilon {eps:g}: best synthetic set {best['mechanism']} "
+                                 f"{accuracy(best[key]):.3f} vs DP-trained on {dp['n']:,.0f} real rows {accuracy(dp[key]):.3f}")
+    return lines
+
+
+def _cost(c: dict) -> str:
+    """'1,234 forwards, 56 s' for a cell that recorded its compute (older cells did not)."""
+    if c.get("forwards") is None:
+        return "compute not recorded"
+    return f"{c['forwards']:,.0f} forwards, {c['generate_seconds']:.0f} s"
+
+
+def _n(x, fmt: str = ",.0f") -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def markdown(results: dict, command: str, plots: list[str]) -> str:
@@ -127,19 +176,32 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         out += [f"## {name}", "",
                 f"{d['train_rows']:,.0f} private train rows, {d['test_rows']:,.0f} test rows, labels {', '.join(d['labels'])}; "
                 f"majority-class floor: balanced accuracy {d['majority'][METRIC]:.3f}, accuracy {d['majority']['accuracy']:.3f}.", "",
-                f"| training set | epsilon | n | TF-IDF bal. acc {shown} | MiniLM bal. acc {shown} | Frechet | distinct-1 | distinct-2 | words (mean) | PII touched | rounds | seconds |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                f"| training set | epsilon | n | TF-IDF bal. acc {shown} | MiniLM bal. acc {shown} | Frechet | distinct-1 | distinct-2 | words (mean) | PII touched | rounds | seconds | generate s | forwards | tokens fed | tokens generated |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         r = d["real"]
         out.append(f"| real | - | {r['n']:g} | {_accs(r['tfidf'])} | {_accs(r['minilm'])} | {_f(r['frechet'])} | "
-                   f"{_f(r['distinct_1'])} | {_f(r['distinct_2'])} | {r['words']['mean']:.1f} | - | - | - |")
+                   f"{_f(r['distinct_1'])} | {_f(r['distinct_2'])} | {r['words']['mean']:.1f} | - | - | - | - | - | - | - |")
+        for dp in sorted(d.get("dp_trained", {}).values(), key=lambda r: float(r["epsilon"])):
+            out.append(f"| DP-trained (diffprivlib) | {float(dp['epsilon'])} | {dp['n']:g} | {_accs(dp['tfidf'])} | {_accs(dp['minilm'])} | "
+                       f"- | - | - | - | - | - | {dp['seconds']:.0f} | - | - | - | - |")
         for c in sorted(d["cells"].values(), key=lambda c: (cell_epsilon(c), c["mechanism"])):
             out.append(f"| {c['mechanism'] if c['mechanism'] != 'none' else 'no privacy'} | {c['epsilon']} | {c['n']:g} | "
                        f"{_accs(c['tfidf'])} | {_accs(c['minilm'])} | {_f(c['frechet'])} | {_f(c['distinct_1'])} | "
-                       f"{_f(c['distinct_2'])} | {c['words']['mean']:.1f} | {c['pii_touched_fraction']:.0%} | {c['rounds']:g} | {c['seconds']:.0f} |")
+                       f"{_f(c['distinct_2'])} | {c['words']['mean']:.1f} | {c['pii_touched_fraction']:.0%} | {_n(c.get('rounds'), 'g')} | "
+                       f"{c['seconds']:.0f} | {_n(c.get('generate_seconds'), '.0f')} | {_n(c.get('forwards'))} | {_n(c.get('tokens_fed'))} | "
+                       f"{_n(c.get('tokens_generated'))} |")
         for cell, have in d.get("incomplete", {}).items():
             out.append(f"\n{cell} is left out: only seeds {', '.join(map(str, have))} of {', '.join(map(str, d['seeds']))} have it.")
         out.append("")
     out += ["## Verdicts", "", *[f"- {v}" for v in verdicts(results)], ""]
+    compared = comparisons(results)
+    if compared:
+        out += ["## Private Evolution, private decoding and the DP-trained classifier", "",
+                "`DP-trained`: the same logistic regressions trained with DP (diffprivlib, pure epsilon) on every real train row, "
+                "features clipped to a public norm; TF-IDF's column there hashes the n-grams (an IDF fitted to private rows would "
+                "itself leak). A synthetic set is worth making where it beats that row. `forwards`: the engine's forward passes "
+                "in the cell; `tokens generated`: every token the model wrote (pe: all candidates of every iteration).", "",
+                *[f"- {v}" for v in compared], ""]
     out += [f"![{p}]({p})" for p in plots]
     return "\n".join(out) + "\n"
 
@@ -171,6 +233,10 @@ def plot_accuracy(results: dict, path: Path) -> None:
             if d["real"][key] is not None:
                 ax.axhline(accuracy(d["real"][key]), **REFERENCE["real"], label="real data (ceiling)")
             ax.axhline(d["majority"][METRIC], **REFERENCE["majority"], label="majority class (floor)")
+            dp = sorted((float(r["epsilon"]), accuracy(r[key]), r[key].get("sd")) for r in d.get("dp_trained", {}).values() if r[key] is not None)
+            if dp:
+                ax.errorbar([p[0] for p in dp], [p[1] for p in dp], yerr=[p[2] for p in dp] if all(p[2] is not None for p in dp) else None,
+                            capsize=3, label="DP-trained on real (diffprivlib)", **DP_TRAINED_STYLE)
             epsilon_axis(ax, finite)
             ax.set_title(f"{name}: {label}", fontsize=10)
             ax.set_xlabel("epsilon")

@@ -1,11 +1,19 @@
-"""The grid of `privtext eval`: datasets x epsilons x mechanisms, each cell one real generation job.
+"""The grid of `privtext eval`: datasets x epsilons x methods, each cell one real generation job.
+
+The methods are the private-decoding mechanisms (em, amin, gaussian: mechanisms.registry) and
+Private Evolution ("pe": public candidates chosen by T DP nearest-neighbour histograms), both run
+by `run_generate` exactly as `privtext generate` runs them. Every cell records its wall time,
+the engine's forward passes and the tokens it fed and generated, so methods compare at a
+measured compute, not only at equal epsilon. Beside the cells, each finite epsilon gets the
+DP-trained row (dptrain.py): the classifiers trained with DP on the real train part itself.
 
 Each dataset is split once (seeded) into a private train part and a held-out test part. Every
 cell generates label-conditioned records from the train part through `run_generate`, the same
 path as `privtext generate`, PII filter included; epsilon = infinity runs the same job with the
 non-private selector (baseline.py). All cells of a dataset share the seed, hence the released
-label histogram, the partition of rows into groups and the prompts: cells differ only in the
-mechanism and its calibration, at equal N, records and max tokens (equal compute).
+label histogram, the partition of rows into groups and the prompts: decoding cells differ only in
+the mechanism and its calibration, at equal N, records and max tokens (equal compute; pe's
+compute is its own, and measured).
 
 Every finished cell is written to OUT/<dataset>/<cell>.json before the next starts, and a rerun
 with the same settings skips finished cells, so an interrupted run loses at most one cell.
@@ -13,6 +21,7 @@ with the same settings skips finished cells, so an interrupted run loses at most
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -52,9 +61,17 @@ SETUPS = {
     "rotten-tomatoes": DatasetSetup("rotten-tomatoes", 40, "balanced", ("fresh", "rotten")),
 }
 
+PE = "pe"  # Private Evolution: a generation method beside the mechanisms, run as a cell like them
+
+
+def methods() -> tuple[str, ...]:
+    """What a cell can run: every registered mechanism, then pe."""
+    return (*mechanism_names(), PE)
+
+
 # EvalSettings fields added after eval folders had been written (a folder's settings.json
 # without one ran at its default). Not `seed`: a --seeds folder leaves it out on purpose.
-ADDED_LATER = ("top_k_plus",)
+ADDED_LATER = ("top_k_plus", "pe_iterations", "pe_population")
 GRID = ("datasets", "epsilons", "mechanisms")  # the EvalSettings fields that only choose which cells run
 
 
@@ -65,13 +82,15 @@ class EvalSettings(BaseModel):
 
     datasets: tuple[str, ...] = tuple(SETUPS)
     epsilons: tuple[float, ...] = (1.0, 3.0, 10.0, math.inf)
-    mechanisms: tuple[str, ...] = Field(default_factory=mechanism_names)  # default: every registered mechanism
+    mechanisms: tuple[str, ...] = Field(default_factory=methods)  # default: every registered mechanism, and pe
     records: int = Field(default=100, ge=4, le=100_000)  # SMS: 50 spam records fit one round of its ~58 groups
     max_tokens: int | None = Field(default=None, ge=1, le=512)  # None: the dataset's own (SETUPS)
     partitions: int = Field(default=8, ge=1, le=1024)
     temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     top_k: int = Field(default=64, ge=1)
     top_k_plus: bool = True  # em: top-k+ (True) or the public top-k (False); see DecodingConfig
+    pe_iterations: int = Field(default=3, ge=1, le=100)  # pe: T, one DP histogram each
+    pe_population: int | None = Field(default=None, ge=1, le=100_000)  # pe: candidates per label; None: the fewest the job accepts
     template: str | None = None  # None: each dataset's own (SETUPS); else a packaged name or a TOML path, for every dataset
     train_rows: int | None = Field(default=None, ge=16)  # None: the whole train part
     test_rows: int = Field(default=500, ge=10)
@@ -89,8 +108,8 @@ class EvalSettings(BaseModel):
     @field_validator("mechanisms")
     @classmethod
     def _mechanisms(cls, v):
-        if not v or any(m not in mechanism_names() for m in v):
-            raise ValueError(f"mechanisms must be a non-empty subset of {list(mechanism_names())}, got {list(v)}")
+        if not v or any(m not in methods() for m in v):
+            raise ValueError(f"mechanisms must be a non-empty subset of {list(methods())}, got {list(v)}")
         return v
 
     @field_validator("template")
@@ -165,6 +184,14 @@ def real_sample(train: list[dict], counts: dict[str, int], seed: int) -> list[di
     return out
 
 
+def pe_population(name: str, s: EvalSettings) -> int:
+    """pe's candidates per label: the setting, else the fewest the job accepts (the records wanted
+    of the largest label when they are declared; records when the DP label histogram splits them)."""
+    if s.pe_population is not None:
+        return s.pe_population
+    return max(balanced_counts(s.records, list(SETUPS[name].labels)).values()) if SETUPS[name].label_split == "balanced" else s.records
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
@@ -176,7 +203,8 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
     """One generation job; returns its run_generate report (records in folder/<cell>.jsonl).
 
     selector_for: for a private cell, a selector wrapping the mechanism (candidates.py's probe)."""
-    from ..jobs.generate import GenerateSpec, run_generate
+    from ..jobs.local_run import run_generate
+    from ..jobs.request import GenerateSpec
     from .baseline import NonPrivateSelector
 
     setup = SETUPS[name]
@@ -189,12 +217,42 @@ def generate_cell(name: str, data: Split, s: EvalSettings, epsilon: float, mecha
         # epsilon = inf: any finite epsilon gives the same layout (groups and rounds do not
         # depend on it); the non-private selector then ignores the calibration.
         epsilon=10.0 if no_privacy else epsilon, delta=s.delta,
-        mechanism="em" if no_privacy else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
+        mechanism="em" if no_privacy or mechanism == PE else mechanism, partitions=s.partitions, temperature=s.temperature, top_k=s.top_k,
         top_k_plus=s.top_k_plus, template=template_for(name, s), seed=s.seed, pii="redact", out=folder / f"{cell_name(epsilon, mechanism)}.jsonl",
     )
+    if mechanism == PE:  # the same request as Private Evolution: T and P set, no mechanism (em is the field's default)
+        spec = GenerateSpec(**{**spec.model_dump(), "method": "pe", "iterations": s.pe_iterations, "pe_population": pe_population(name, s)})
     if no_privacy:
         selector_for = lambda p, randomness: NonPrivateSelector(p.config, randomness)  # noqa: E731
     return run_generate(spec, engine=engine, progress=say, show_bar=bar, selector_for=selector_for)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What one cell cost the engine (public counts): forward passes, the tokens fed to it
+    (prompts and decode rows) and the tokens generated (every candidate for pe; the records' for
+    decoding, whose every group emits one token per step however many rows it holds)."""
+
+    forwards: int
+    tokens_fed: int
+    tokens_generated: int
+
+    @classmethod
+    def of(cls, before, after, report: dict) -> Compute:
+        """From copies of the engine's stats before and after the cell (engine_counters), and its
+        run_generate report."""
+        return cls(after["forwards"] - before["forwards"], after["tokens_fed"] - before["tokens_fed"],
+                   int(report.get("tokens_generated", report["tokens"])))
+
+
+def engine_counters(engine) -> dict[str, int]:
+    """The engine's forward passes and tokens fed so far, copied (a backend may update its stats
+    in place). EngineStats names them forwards, prefill_tokens and decode_row_tokens; stats
+    without `forwards` count decode steps and prompt_tokens/decode_tokens instead."""
+    st = engine.stats
+    if hasattr(st, "forwards"):
+        return {"forwards": int(st.forwards), "tokens_fed": int(st.prefill_tokens + st.decode_row_tokens)}
+    return {"forwards": int(st.steps), "tokens_fed": int(st.prompt_tokens + st.decode_tokens)}
 
 
 def read_records(path: Path) -> list[dict]:
@@ -281,7 +339,10 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
             say(f"{name} {cell}: generating {s.records} records" + (" (no privacy: the layout is planned at epsilon 10, "
                 "the selection is the non-private average)" if math.isinf(epsilon) else ""))
             t0 = time.time()
+            before = engine_counters(engine)
             report = generate_cell(name, data, s, epsilon, mechanism, folder, engine, say, bar)
+            compute = Compute.of(before, engine_counters(engine), report)
+            generate_seconds = time.time() - t0
             synth = read_records(folder / f"{cell}.jsonl")
             texts, labels = [r["text"] for r in synth], [r["label"] for r in synth]
             result = {
@@ -291,9 +352,11 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
                 "tokens": report["tokens"],
                 "pii_touched_fraction": report["pii"]["records_touched"] / max(report["records"] + report["pii"]["records_dropped"], 1),
                 "planned_epsilon": None if math.isinf(epsilon) else report["epsilon"],
-                "rounds": report["rounds"],
+                "rounds": report.get("rounds"),  # decoding only; pe runs pe_iterations histograms
                 "template": template_for(name, s),
-                "seconds": time.time() - t0,
+                "generate_seconds": generate_seconds,  # the generation job alone (run_generate), wall time
+                **dataclasses.asdict(compute),
+                "seconds": time.time() - t0,  # generation and scoring
             }
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -314,9 +377,59 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
             "majority": scores.accuracy(scores.majority_predictions([r["label"] for r in data.train], len(test_labels)), test_labels),
             "real": measure(real_texts, real_labels, embed(real_texts), data.test, test_x),
             "cells": cells,
+            "dp_trained": dp_trained_rows(name, data, s, folder, test_x, say, generate),
         }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def dp_trained_name(epsilon: float) -> str:
+    return f"dp-trained-eps{epsilon:g}"
+
+
+def dp_trained_rows(name: str, data: Split, s: EvalSettings, folder: Path, test_x: np.ndarray, say: Callable[[str], None],
+                    compute: bool = True) -> dict:
+    """The DP-trained row at each finite epsilon (dptrain.py): the classifiers trained with DP on
+    the whole private train part, kept in folder/dp-trained-eps<e>.json like a cell. compute=False
+    (a report of a run cut short) only reads the rows already there."""
+    from . import dptrain
+    from .embed import embed
+
+    rows: dict = {}
+    train_x = None
+    texts, labels = [r["text"] for r in data.train], [r["label"] for r in data.train]
+    test_texts, test_labels = [r["text"] for r in data.test], [r["label"] for r in data.test]
+    for epsilon in (e for e in s.epsilons if not math.isinf(e)):
+        key = dp_trained_name(epsilon)
+        done = folder / f"{key}.json"
+        if done.exists():
+            rows[key] = json.loads(done.read_text())
+            continue
+        if not compute:
+            continue
+        t0 = time.time()
+        if train_x is None:
+            train_x = embed(texts)
+        seed = s.seed * 1000 + int(round(epsilon * 1000))  # one stream per (seed, epsilon)
+        row = {
+            "epsilon": epsilon,
+            "n": len(texts),
+            "tfidf": scores.accuracy(dptrain.dp_predict(dptrain.hashed_features(texts), labels, dptrain.hashed_features(test_texts),
+                                                        epsilon, seed), test_labels),
+            "minilm": scores.accuracy(dptrain.dp_predict(train_x, labels, test_x, epsilon, seed + 1), test_labels),
+            "features": {"tfidf": f"word 1-2-grams hashed into {dptrain.HASH_FEATURES} bins, sublinear tf, L2 norm (no IDF: no fit "
+                                  "to private rows)", "minilm": "MiniLM embeddings (unit norm)"},
+            "data_norm": dptrain.DATA_NORM,
+            "classifier": "diffprivlib LogisticRegression (objective perturbation, pure epsilon-DP, one-vs-rest)",
+        }
+        row["seconds"] = time.time() - t0
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row, indent=1) + "\n")
+        tmp.replace(done)
+        rows[key] = row
+        say(f"{name} {key}: DP-trained on {len(texts):,} real rows, balanced accuracy tfidf {_fmt(row['tfidf'], 'balanced_accuracy')}, "
+            f"minilm {_fmt(row['minilm'], 'balanced_accuracy')}")
+    return rows
 
 
 def _fmt(scores_: dict | None, key: str) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+LR_C = 10.0  # every logistic regression's inverse regularisation (the DP-trained row's too: dptrain.py)
+
 
 def accuracy(predicted: Sequence[str], true: Sequence[str]) -> dict[str, float]:
     """Plain accuracy and balanced accuracy (mean recall over the true labels).
@@ -38,7 +40,7 @@ def tfidf_predict(train_texts: Sequence[str], train_labels: Sequence[str], test_
 
     if len(set(train_labels)) < 2:
         return majority_predictions(train_labels, len(test_texts))
-    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(max_iter=2000, C=10.0))
+    clf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(max_iter=2000, C=LR_C))
     clf.fit(list(train_texts), list(train_labels))
     return list(clf.predict(list(test_texts)))
 
@@ -49,7 +51,7 @@ def embedding_predict(train_x: np.ndarray, train_labels: Sequence[str], test_x: 
 
     if len(set(train_labels)) < 2:
         return majority_predictions(train_labels, len(test_x))
-    return list(LogisticRegression(max_iter=2000, C=10.0).fit(train_x, list(train_labels)).predict(test_x))
+    return list(LogisticRegression(max_iter=2000, C=LR_C).fit(train_x, list(train_labels)).predict(test_x))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

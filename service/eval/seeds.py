@@ -62,6 +62,8 @@ def combine(by_seed: dict[int, dict]) -> dict:
         parts = [by_seed[s]["datasets"][name] for s in ran]
         every = set.intersection(*(set(p["cells"]) for p in parts))
         cells = {c: _with_spread([p["cells"][c] for p in parts]) for c in parts[0]["cells"] if c in every}
+        rows = [p.get("dp_trained", {}) for p in parts]  # the DP-trained rows, combined only over every seed, like the cells
+        dp_trained = {r: _with_spread([x[r] for x in rows]) for r in rows[0] if all(r in x for x in rows)}
         datasets[name] = {
             "seeds": ran,
             "train_rows": mean_tree([p["train_rows"] for p in parts]),
@@ -70,6 +72,7 @@ def combine(by_seed: dict[int, dict]) -> dict:
             "majority": mean_tree([p["majority"] for p in parts]),
             "real": _with_spread([p["real"] for p in parts]),
             "cells": cells,
+            "dp_trained": dp_trained,
             # cells some seeds lack: named, never averaged over fewer seeds than the rest
             "incomplete": {c: [s for s, p in zip(ran, parts) if c in p["cells"]]
                            for c in sorted(set().union(*(p["cells"] for p in parts)) - every)},

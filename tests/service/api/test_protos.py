@@ -96,7 +96,7 @@ def test_package_and_services():
         "UploadDataset", "GetDataset", "ListDatasets", "DeleteDataset", "GetBudget",
     }
     gen = generation_pb2.DESCRIPTOR.services_by_name["Generation"].methods_by_name
-    assert set(gen) == {"Generate", "SubmitJob", "GetJob", "StreamJobResults", "CancelJob"}
+    assert set(gen) == {"Generate", "SubmitJob", "GetJob", "StreamJobResults", "CancelJob", "SelectCandidates"}
     assert gen["Generate"].server_streaming and not gen["Generate"].client_streaming
     assert gen["StreamJobResults"].server_streaming
     upload = datasets_pb2.DESCRIPTOR.services_by_name["Datasets"].methods_by_name["UploadDataset"]

@@ -50,6 +50,9 @@ def test_required_keys_and_sane_values(quick):
     # em and amin share their solved clip, so their pure claims agree; gaussian's is at a delta
     assert r["per_token"]["em"]["claimed_epsilon"] == pytest.approx(r["per_token"]["amin"]["claimed_epsilon"])
     assert r["per_token"]["gaussian"]["delta"] == 1e-5
+    pe = r["pe_histogram"]  # Private Evolution's plan for the same corpus at the same (epsilon, delta)
+    assert pe["iterations"] == 3 and pe["delta"] == 1e-5 and pe["passed"], pe
+    assert 0 <= pe["empirical_epsilon"] <= pe["claimed_epsilon"] <= pe["plan_epsilon"] <= 3.0 + 1e-9
     assert rc == (0 if r["passed"] else 1)
     assert r["passed"] == all(c["passed"] for c in r["checks"])
 
@@ -63,6 +66,7 @@ def test_text_report_ends_with_pass_fail_list(quick):
     assert "PASS no verbatim canary leak" in text
     for m in ("em", "amin", "gaussian"):
         assert f"PASS {m} per-token privacy loss within its claim" in text
+    assert "PASS pe histogram privacy loss within its claim" in text and "Private Evolution histograms" in text
 
 
 def test_workdir_holds_the_corpus_with_every_canary_copy(quick):

@@ -66,3 +66,42 @@ def test_the_epsilon_axis_labels_the_runs_epsilons_and_nothing_between(epsilons)
     shown = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text()]
     plt.close(fig)
     assert shown == [f"{e:g}" for e in epsilons]
+
+
+def _costed(eps, mechanism: str, tfidf: float, minilm: float, forwards: int, seconds: float) -> dict:
+    return _cell(eps, mechanism, tfidf, minilm) | {"forwards": forwards, "generate_seconds": seconds}
+
+
+def _dp(eps: float, tfidf: float, minilm: float) -> dict:
+    return {"epsilon": eps, "n": 300, "tfidf": {"balanced_accuracy": tfidf, "accuracy": tfidf},
+            "minilm": {"balanced_accuracy": minilm, "accuracy": minilm}, "seconds": 2.0}
+
+
+def test_pe_is_compared_with_decoding_not_ranked_among_the_mechanisms():
+    cells = [_cell(3.0, "em", 0.6, 0.5), _cell(3.0, "amin", 0.5, 0.5), _cell(3.0, "pe", 0.9, 0.9)]
+    lines = [ln for ln in verdicts(_results(*cells)) if "best mechanism" in ln]
+    assert lines[0] == "PASS d TF-IDF + LR: at epsilon 3 the best mechanism is em (amin 0.500, em 0.600)"
+
+
+@pytest.mark.parametrize(("pe", "em", "dp", "expected"), [
+    (0.70, 0.60, 0.65, ["pe leads d TF-IDF + LR at epsilon 3: pe 0.700 (40 forwards, 9 s), best decoding em 0.600 (300 forwards, 20 s)",
+                        "BEATS d TF-IDF + LR at epsilon 3: best synthetic set pe 0.700 vs DP-trained on 300 real rows 0.650"]),
+    (0.50, 0.60, 0.65, ["decoding leads d TF-IDF + LR at epsilon 3: pe 0.500 (40 forwards, 9 s), best decoding em 0.600 (300 forwards, 20 s)",
+                        "BELOW d TF-IDF + LR at epsilon 3: best synthetic set em 0.600 vs DP-trained on 300 real rows 0.650"]),
+    (0.60, 0.60, 0.60, ["decoding leads d TF-IDF + LR at epsilon 3: pe 0.600 (40 forwards, 9 s), best decoding em 0.600 (300 forwards, 20 s)",
+                        "BELOW d TF-IDF + LR at epsilon 3: best synthetic set em 0.600 vs DP-trained on 300 real rows 0.600"]),  # ties: no lead
+])
+def test_comparisons_name_pe_against_decoding_and_the_best_set_against_the_dp_trained_row(pe, em, dp, expected):
+    from service.eval.report import comparisons
+
+    results = _results(_costed(3.0, "em", em, 0.5, 300, 20.0), _costed(3.0, "pe", pe, 0.5, 40, 9.0))
+    results["datasets"]["d"]["dp_trained"] = {"dp-trained-eps3": _dp(3.0, dp, 0.5)}
+    assert [ln for ln in comparisons(results) if "TF-IDF" in ln] == expected
+
+
+def test_comparisons_need_their_rows():
+    from service.eval.report import comparisons
+
+    assert comparisons(_results(_cell(3.0, "em", 0.6, 0.6), _cell(3.0, "amin", 0.5, 0.5))) == []  # no pe, no DP-trained row
+    old = _results(_cell(3.0, "em", 0.6, 0.6), _cell(3.0, "pe", 0.5, 0.5))  # cells from before compute was recorded
+    assert "pe 0.500 (compute not recorded)" in comparisons(old)[0]

@@ -14,18 +14,20 @@ from service.eval.runner import FAST, SETUPS, EvalSettings, balanced_counts, cel
 
 pytest.importorskip("sklearn")
 
-TINY = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em", "gaussian"), records=4, max_tokens=6,
-            train_rows=200, test_rows=60)
+TINY = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em", "gaussian", "pe"), records=4, max_tokens=6,
+            train_rows=200, test_rows=60, pe_iterations=2)
 # TINY on the command line, less its mechanisms (each CLI test names its own)
 TINY_FLAGS = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--records", "4", "--max-tokens", "6", "--train-rows", "200",
-              "--test-rows", "60"]
+              "--test-rows", "60", "--pe-iterations", "2"]
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
         ("datasets", ("sms-spam", "imdb"), "datasets must be a non-empty subset"),
-        ("mechanisms", ("em", "laplace"), "mechanisms must be a non-empty subset"),
+        ("mechanisms", ("em", "laplace"), "mechanisms must be a non-empty subset of \\['em', 'amin', 'gaussian', 'pe'\\]"),
+        ("pe_iterations", 0, "greater than or equal to 1"),
+        ("pe_population", 0, "greater than or equal to 1"),
         ("epsilons", (0.0, 3.0), "epsilons must be > 0"),
         ("records", 2, "greater than or equal to 4"),
         ("test_rows", 5, "greater than or equal to 10"),
@@ -36,6 +38,15 @@ def test_settings_name_the_bad_field(field, value, message):
     with pytest.raises(ValueError, match=message) as e:
         EvalSettings(**{field: value})
     assert field in str(e.value)
+
+
+def test_pe_runs_beside_every_mechanism_by_default_with_the_fewest_candidates_the_job_accepts():
+    from service.eval.runner import pe_population
+
+    assert EvalSettings().mechanisms == ("em", "amin", "gaussian", "pe")
+    s = EvalSettings(records=9)
+    assert [pe_population(d, s) for d in ("sms-spam", "trec")] == [5, 9]  # balanced: the larger label's 5; proportional: records
+    assert pe_population("trec", EvalSettings(records=9, pe_population=12)) == 12
 
 
 def test_cells_run_infinity_once():
@@ -81,14 +92,27 @@ def tiny_run(engine, tmp_path_factory):
 def test_every_cell_is_scored(tiny_run):
     out, results = tiny_run
     d = results["datasets"]["sms-spam"]
-    assert set(d["cells"]) == {"em-eps3", "gaussian-eps3", "none-inf"}
+    assert set(d["cells"]) == {"em-eps3", "gaussian-eps3", "pe-eps3", "none-inf"}
     for name, c in d["cells"].items():
         assert c["n"] >= 1, name
+        # every cell's compute, measured on the engine (pe's candidates are its own groups)
+        assert c["forwards"] >= 1 and c["tokens_fed"] >= c["forwards"] and c["tokens_generated"] >= c["tokens"] >= 1, (name, c)
+        assert 0 < c["generate_seconds"] <= c["seconds"], name
         for clf in ("tfidf", "minilm"):
             assert 0.0 <= c[clf]["balanced_accuracy"] <= 1.0 and 0.0 <= c[clf]["accuracy"] <= 1.0
         assert 0.0 <= c["pii_touched_fraction"] <= 1.0
         assert (out / "sms-spam" / f"{name}.jsonl").exists()
     assert d["cells"]["em-eps3"]["planned_epsilon"] == pytest.approx(3.0, rel=1e-6)
+    pe = d["cells"]["pe-eps3"]
+    assert pe["planned_epsilon"] == pytest.approx(3.0, rel=1e-6) and pe["rounds"] is None
+    assert pe["tokens_generated"] > pe["tokens"]  # 2 iterations of 2 candidates per label, the last one's 4 released
+    assert set(pe["label_counts"]) <= {"ham", "spam"} and pe["n"] <= 4  # the declared labels, at most the records asked for
+    # the DP-trained row: at the finite epsilon only, on every train row, scored like a cell
+    assert set(d["dp_trained"]) == {"dp-trained-eps3"}
+    dp = d["dp_trained"]["dp-trained-eps3"]
+    assert dp["n"] == 200 and dp["epsilon"] == 3.0 and (out / "sms-spam" / "dp-trained-eps3.json").exists()
+    for clf in ("tfidf", "minilm"):
+        assert 0.0 <= dp[clf]["balanced_accuracy"] <= 1.0
     assert d["cells"]["none-inf"]["planned_epsilon"] is None and d["cells"]["none-inf"]["epsilon"] == "inf"
     assert d["majority"]["balanced_accuracy"] == pytest.approx(0.5)
     assert d["real"]["n"] == d["cells"]["none-inf"]["n"]
@@ -111,11 +135,14 @@ def test_rerun_resumes_and_refuses_other_settings(tiny_run, engine):
 
 def test_report_and_plots(tiny_run, capsys):
     out, _ = tiny_run
-    assert main(["eval", "--out", str(out), "--report-only", *TINY_FLAGS, "--mechanisms", "em,gaussian"]) == 0
+    assert main(["eval", "--out", str(out), "--report-only", *TINY_FLAGS, "--mechanisms", "em,gaussian,pe"]) == 0
     printed = capsys.readouterr().out
     assert "em at epsilon 3 reaches" in printed and ("PASS" in printed or "FAIL" in printed)
+    assert " sms-spam MiniLM + LR at epsilon 3: pe " in printed and "DP-trained on 200 real rows" in printed
     report = (out / "report.md").read_text()
     assert "| em | 3.0 |" in report and "| no privacy | inf |" in report and "## Verdicts" in report
+    assert "| pe | 3.0 |" in report and "| DP-trained (diffprivlib) | 3.0 | 200 |" in report
+    assert "## Private Evolution, private decoding and the DP-trained classifier" in report
     for png in ("accuracy.png", "frechet.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

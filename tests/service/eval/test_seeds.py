@@ -96,3 +96,15 @@ def test_nothing_to_combine_is_an_error():
 def test_seeds_without_a_finished_cell_are_an_error_not_an_empty_report():
     with pytest.raises(ValueError, match="no seed has a finished cell yet"):
         combine({0: _seed(0), 1: _seed(1)})
+
+
+def test_dp_trained_rows_are_combined_over_every_seed_that_has_them():
+    dp = lambda eps, v: {"epsilon": eps, "n": 300, "tfidf": _scores(v), "minilm": _scores(v), "seconds": 1.0}  # noqa: E731
+    by_seed = {0: _seed(0, _cell(3.0, "em", 0.7, 0.8)), 1: _seed(1, _cell(3.0, "em", 0.5, 0.7))}
+    by_seed[0]["datasets"]["d"]["dp_trained"] = {"dp-trained-eps3": dp(3.0, 0.6), "dp-trained-eps1": dp(1.0, 0.5)}
+    by_seed[1]["datasets"]["d"]["dp_trained"] = {"dp-trained-eps3": dp(3.0, 0.8)}  # seed 1 lacks epsilon 1
+    rows = combine(by_seed)["datasets"]["d"]["dp_trained"]
+    assert set(rows) == {"dp-trained-eps3"}
+    assert rows["dp-trained-eps3"]["tfidf"]["per_seed"] == [0.6, 0.8] and rows["dp-trained-eps3"]["tfidf"]["balanced_accuracy"] == pytest.approx(0.7)
+    report = markdown(combine(by_seed), "privtext eval ...", [])
+    assert "| DP-trained (diffprivlib) | 3.0 | 300 | 0.700 ± 0.141 [0.600, 0.800]" in report

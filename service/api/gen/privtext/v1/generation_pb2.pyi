@@ -10,6 +10,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METHOD_UNSPECIFIED: _ClassVar[Method]
+    METHOD_DECODE: _ClassVar[Method]
+    METHOD_PE: _ClassVar[Method]
+
 class Mechanism(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MECHANISM_UNSPECIFIED: _ClassVar[Mechanism]
@@ -31,6 +37,9 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+METHOD_UNSPECIFIED: Method
+METHOD_DECODE: Method
+METHOD_PE: Method
 MECHANISM_UNSPECIFIED: Mechanism
 MECHANISM_EM: Mechanism
 MECHANISM_AMIN: Mechanism
@@ -44,6 +53,18 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+
+class PeSettings(_message.Message):
+    __slots__ = ("iterations", "threshold", "population", "sigma")
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    POPULATION_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    iterations: int
+    threshold: float
+    population: int
+    sigma: float
+    def __init__(self, iterations: _Optional[int] = ..., threshold: _Optional[float] = ..., population: _Optional[int] = ..., sigma: _Optional[float] = ...) -> None: ...
 
 class GateSettings(_message.Message):
     __slots__ = ("threshold", "epsilon", "max_private")
@@ -76,7 +97,7 @@ class MechanismSettings(_message.Message):
     def __init__(self, partitions: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., units_per_row: _Optional[int] = ..., gate: _Optional[_Union[GateSettings, _Mapping]] = ..., top_k_plus: _Optional[bool] = ..., row_slots: _Optional[int] = ..., max_row_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("dataset_id", "records", "max_tokens", "epsilon", "preset", "mechanism", "settings", "label_counts", "labels", "pii_policy", "seed", "stop", "mechanism_name")
+    __slots__ = ("dataset_id", "records", "max_tokens", "epsilon", "preset", "mechanism", "settings", "label_counts", "labels", "pii_policy", "seed", "stop", "mechanism_name", "method", "pe")
     class LabelCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +118,8 @@ class GenerateRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_NAME_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PE_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     records: int
     max_tokens: int
@@ -110,7 +133,9 @@ class GenerateRequest(_message.Message):
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     mechanism_name: str
-    def __init__(self, dataset_id: _Optional[str] = ..., records: _Optional[int] = ..., max_tokens: _Optional[int] = ..., epsilon: _Optional[float] = ..., preset: _Optional[str] = ..., mechanism: _Optional[_Union[Mechanism, str]] = ..., settings: _Optional[_Union[MechanismSettings, _Mapping]] = ..., label_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Iterable[str]] = ..., pii_policy: _Optional[_Union[PiiPolicy, str]] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., mechanism_name: _Optional[str] = ...) -> None: ...
+    method: Method
+    pe: PeSettings
+    def __init__(self, dataset_id: _Optional[str] = ..., records: _Optional[int] = ..., max_tokens: _Optional[int] = ..., epsilon: _Optional[float] = ..., preset: _Optional[str] = ..., mechanism: _Optional[_Union[Mechanism, str]] = ..., settings: _Optional[_Union[MechanismSettings, _Mapping]] = ..., label_counts: _Optional[_Mapping[str, int]] = ..., labels: _Optional[_Iterable[str]] = ..., pii_policy: _Optional[_Union[PiiPolicy, str]] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., mechanism_name: _Optional[str] = ..., method: _Optional[_Union[Method, str]] = ..., pe: _Optional[_Union[PeSettings, _Mapping]] = ...) -> None: ...
 
 class PiiFinding(_message.Message):
     __slots__ = ("entity_type", "count")
@@ -181,3 +206,45 @@ class CancelJobRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class SelectCandidatesRequest(_message.Message):
+    __slots__ = ("dataset_id", "candidates", "candidate_labels", "epsilon", "sigma", "threshold", "top")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    candidate_labels: _containers.RepeatedScalarFieldContainer[str]
+    epsilon: float
+    sigma: float
+    threshold: float
+    top: int
+    def __init__(self, dataset_id: _Optional[str] = ..., candidates: _Optional[_Iterable[str]] = ..., candidate_labels: _Optional[_Iterable[str]] = ..., epsilon: _Optional[float] = ..., sigma: _Optional[float] = ..., threshold: _Optional[float] = ..., top: _Optional[int] = ...) -> None: ...
+
+class SelectedCandidate(_message.Message):
+    __slots__ = ("index", "text", "label", "noisy_count")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    NOISY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    text: str
+    label: str
+    noisy_count: float
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., noisy_count: _Optional[float] = ...) -> None: ...
+
+class SelectCandidatesResponse(_message.Message):
+    __slots__ = ("selected", "epsilon", "sigma", "fallback")
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SIGMA_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    selected: _containers.RepeatedCompositeFieldContainer[SelectedCandidate]
+    epsilon: float
+    sigma: float
+    fallback: bool
+    def __init__(self, selected: _Optional[_Iterable[_Union[SelectedCandidate, _Mapping]]] = ..., epsilon: _Optional[float] = ..., sigma: _Optional[float] = ..., fallback: _Optional[bool] = ...) -> None: ...

@@ -60,6 +60,11 @@ class GenerationStub:
                 request_serializer=privtext_dot_v1_dot_generation__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=privtext_dot_v1_dot_generation__pb2.Job.FromString,
                 _registered_method=True)
+        self.SelectCandidates = channel.unary_unary(
+                '/privtext.v1.Generation/SelectCandidates',
+                request_serializer=privtext_dot_v1_dot_generation__pb2.SelectCandidatesRequest.SerializeToString,
+                response_deserializer=privtext_dot_v1_dot_generation__pb2.SelectCandidatesResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -119,6 +124,23 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SelectCandidates(self, request, context):
+        """Ranks a pool of public candidate texts the client brings by the dataset's private units'
+        votes (Private Evolution's DP nearest-neighbour histogram, one release): each unit votes
+        for its nearest candidate (MiniLM embeddings, cosine; of its label when labels are given),
+        one vote per unit whatever its number of records, Gaussian noise is added to every count,
+        and the `top` candidates with the largest noisy counts come back with those noisy counts
+        only. The Gaussian event is reserved on the dataset's budget before any vote is computed.
+
+        Errors: NOT_FOUND (dataset); INVALID_ARGUMENT (a candidate empty, too long or holding a
+        control character, named by index; too many candidates; settings out of range);
+        RESOURCE_EXHAUSTED (the dataset's remaining budget cannot cover the release; nothing is
+        computed or charged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +168,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=privtext_dot_v1_dot_generation__pb2.CancelJobRequest.FromString,
                     response_serializer=privtext_dot_v1_dot_generation__pb2.Job.SerializeToString,
+            ),
+            'SelectCandidates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectCandidates,
+                    request_deserializer=privtext_dot_v1_dot_generation__pb2.SelectCandidatesRequest.FromString,
+                    response_serializer=privtext_dot_v1_dot_generation__pb2.SelectCandidatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -284,6 +311,33 @@ class Generation:
             '/privtext.v1.Generation/CancelJob',
             privtext_dot_v1_dot_generation__pb2.CancelJobRequest.SerializeToString,
             privtext_dot_v1_dot_generation__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectCandidates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/privtext.v1.Generation/SelectCandidates',
+            privtext_dot_v1_dot_generation__pb2.SelectCandidatesRequest.SerializeToString,
+            privtext_dot_v1_dot_generation__pb2.SelectCandidatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

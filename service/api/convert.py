@@ -15,7 +15,8 @@ from mechanisms import PrivacyEvent
 from mechanisms.accounting import epsilon_of
 from mechanisms.registry import names as mechanism_names
 
-from ..jobs.generate import JobRequest
+from ..jobs.declared import values_from_message
+from ..jobs.request import JobRequest
 from ..jobs.records import OutRecord
 from ..store.interface import DatasetInfo, JobInfo, LedgerRow
 from .errors import ApiError
@@ -25,6 +26,7 @@ from .settings import ServerSettings
 POLICIES = {generation_pb2.PII_POLICY_REDACT: "redact", generation_pb2.PII_POLICY_DROP: "drop",
             generation_pb2.PII_POLICY_REPORT: "report"}
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "halted": "budget"}
+GATE_THRESHOLD = 0.3  # GateSettings.threshold's default (generation.proto)
 JOB_STATES = {"queued": generation_pb2.JOB_STATE_QUEUED, "running": generation_pb2.JOB_STATE_RUNNING,
               "succeeded": generation_pb2.JOB_STATE_SUCCEEDED, "failed": generation_pb2.JOB_STATE_FAILED,
               "cancelled": generation_pb2.JOB_STATE_CANCELLED}
@@ -155,27 +157,40 @@ def job_request(m: generation_pb2.GenerateRequest, s: ServerSettings) -> tuple[s
         raise _invalid("mechanism", f"unknown value {m.mechanism}")
     if m.pii_policy not in POLICIES:
         raise _invalid("pii_policy", f"unknown value {m.pii_policy}")
-    st = m.settings
-    fields: dict = {}
-    for name, key in (("partitions", "partitions"), ("temperature", "temperature"), ("units_per_row", "units_per_row"), ("top_k_plus", "top_k_plus"),
-                      ("row_slots", "row_slots"), ("max_row_tokens", "max_row_tokens")):
-        if st.HasField(name):
-            fields[key] = getattr(st, name)
-    if st.HasField("top_k"):
-        fields["top_k"] = st.top_k or None  # 0: the whole vocabulary
-    if st.HasField("gate"):
-        g = st.gate
-        fields["gate_threshold"] = g.threshold if g.HasField("threshold") else 0.3
-        if g.HasField("epsilon"):
-            fields["gate_epsilon"] = g.epsilon
-        if g.HasField("max_private"):
-            fields["gate_max_private"] = g.max_private
+    fields = values_from_message(m, JobRequest)  # the declared settings the client set (service/jobs/request.py)
+    if m.settings.HasField("gate") and "gate_threshold" not in fields:
+        fields["gate_threshold"] = GATE_THRESHOLD  # a gate without a threshold: the proto's default
     req = JobRequest(
         records=records, max_tokens=m.max_tokens, epsilon=epsilon, mechanism=mechanism,
         label_counts=dict(m.label_counts) or None, labels=tuple(m.labels) or None, pii=POLICIES[m.pii_policy],
-        seed=m.seed if m.HasField("seed") else None, stop=tuple(m.stop), **fields,
+        seed=m.seed if m.HasField("seed") else None, stop=tuple(m.stop), **(fields | method_fields(m, s)),
     )
     return m.dataset_id, req
+
+
+METHODS = {generation_pb2.METHOD_UNSPECIFIED: "decode", generation_pb2.METHOD_DECODE: "decode", generation_pb2.METHOD_PE: "pe"}
+
+
+def method_fields(m: generation_pb2.GenerateRequest, s: ServerSettings) -> dict:
+    """JobRequest's method and Private Evolution fields of a GenerateRequest, within the server's
+    public bounds. `pe` without METHOD_PE is refused, never silently ignored."""
+    _require(m.method in METHODS, "method", "METHOD_DECODE or METHOD_PE", str(m.method))
+    if METHODS[m.method] == "decode":
+        _require(not m.HasField("pe"), "pe", "unset unless method is METHOD_PE", "pe settings with METHOD_DECODE")
+        return {"method": "decode"}
+    pe, out = m.pe, {"method": "pe"}  # pe unset: every field at its default
+    iterations = pe.iterations if pe.HasField("iterations") else JobRequest.model_fields["iterations"].default
+    _require(1 <= iterations <= s.max_pe_iterations, "pe.iterations", f"in [1, {s.max_pe_iterations}] (max_pe_iterations)", str(iterations))
+    population = pe.population if pe.HasField("population") else JobRequest.model_fields["pe_population"].default
+    _require(1 <= population <= s.max_pe_population, "pe.population", f"in [1, {s.max_pe_population}] (max_pe_population)", str(population))
+    out.update(iterations=iterations, pe_population=population)
+    if pe.HasField("threshold"):
+        _require(math.isfinite(pe.threshold) and pe.threshold >= 0, "pe.threshold", "a finite number >= 0", repr(pe.threshold))
+        out["pe_threshold"] = pe.threshold
+    if pe.HasField("sigma"):
+        _require(math.isfinite(pe.sigma) and pe.sigma > 0, "pe.sigma", "a finite number > 0", repr(pe.sigma))
+        out["noise_multiplier"] = pe.sigma
+    return out
 
 
 def dataset(info: DatasetInfo) -> datasets_pb2.Dataset:

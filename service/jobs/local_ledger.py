@@ -64,6 +64,12 @@ class LocalLedger:
         require(math.isclose(delta, ledger.delta), "delta", f"this corpus's delta {ledger.delta:g}, fixed at its first run", delta)
         return ledger
 
+    def stored(self, digest: str) -> Ledger | None:
+        """The corpus's stored ledger, or None for a corpus never run."""
+        with self._tx() as c:
+            row = c.execute("SELECT ledger FROM corpora WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else Ledger.from_json(row[0])
+
     def ledger(self, digest: str, cap: float | None, delta: float) -> Ledger:
         """The corpus's ledger (a new one, not yet stored, for a corpus never run)."""
         with self._tx() as c:

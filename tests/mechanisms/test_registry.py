@@ -150,7 +150,7 @@ def test_privtext_plan(toy, capsys):
 
 
 def test_job_request(toy):
-    from service.jobs.generate import JobRequest
+    from service.jobs.request import JobRequest
 
     req = JobRequest(records=2, max_tokens=8, epsilon=1.0, mechanism="toy", clip=0.5)
     assert req.decoding_config().mechanism == "toy" and req.fixed_config
@@ -201,7 +201,7 @@ def test_empirical_bound(toy):
 
 
 def test_cli_client_and_audit_choices(toy):
-    from service import client
+    from service.client import cli as client
     from service.cli import build_parser
 
     assert build_parser().parse_args(["plan", "--units", "10", "--records", "1", "--max-tokens", "1", "--epsilon", "1",
@@ -243,7 +243,7 @@ def test_eval_grid_audit_and_plot_styles(toy):
     from service.eval.runner import EvalSettings
 
     s = EvalSettings()
-    assert s.mechanisms == ("em", "amin", "gaussian", "toy")
+    assert s.mechanisms == ("em", "amin", "gaussian", "toy", "pe")  # every registered mechanism, then Private Evolution
     assert (3.0, "toy") in s.cells()
     assert EvalSettings(mechanisms=("toy",)).mechanisms == ("toy",)
     assert ("toy", "D-") in styles() and colour("toy") == "#8c564b" == mechanism_color("toy")
@@ -254,4 +254,4 @@ def test_gone_after_the_fixture():
     assert "toy" not in registry.names()
     from service.eval.runner import EvalSettings
 
-    assert EvalSettings().mechanisms == ("em", "amin", "gaussian")
+    assert EvalSettings().mechanisms == ("em", "amin", "gaussian", "pe")

@@ -13,7 +13,8 @@ pytest.importorskip("torch")
 
 from service.engine import loader  # noqa: E402
 from service.jobs.capacity import CapacityError  # noqa: E402
-from service.jobs.generate import GenerateSpec, run_generate  # noqa: E402
+from service.jobs.local_run import run_generate  # noqa: E402
+from service.jobs.request import GenerateSpec  # noqa: E402
 from server_kit import SMS  # noqa: E402
 
 THAI = "ภาษาไทยเป็นภาษาที่มีวรรณยุกต์และตัวอักษรของตัวเอง " * 12

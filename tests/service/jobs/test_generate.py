@@ -13,7 +13,10 @@ pytest.importorskip("torch")
 
 from mechanisms import DecodingConfig, Ledger, plan  # noqa: E402
 from service.data.packaged import export_jsonl  # noqa: E402
-from service.jobs.generate import GenerateSpec, prepare, run_generate  # noqa: E402
+from service.jobs import dataset_job  # noqa: E402
+from service.jobs.local_run import job_request, run_generate  # noqa: E402
+from service.jobs.local_store import TENANT, corpus_dataset, local_store  # noqa: E402
+from service.jobs.request import GenerateSpec  # noqa: E402
 from service.generation.corpus import read_corpus  # noqa: E402
 
 PRIVTEXT = shutil.which("privtext")
@@ -112,13 +115,20 @@ def test_spec_validation(corpus, tmp_path, kwargs, message):
         GenerateSpec(**args)
 
 
-def test_label_records_split_by_dp_histogram(corpus, tmp_path):
-    import numpy as np
-
+def test_label_records_split_by_dp_histogram(corpus, tmp_path, engine):
+    """Records per label come from the DP label histogram, released (and charged) once per corpus
+    on its own ledger entry before the plan's."""
     spec = GenerateSpec(input=corpus, label_field="label", labels=("spam", "ham"), records=20, max_tokens=4,
                         epsilon=2.0, delta=1e-3, out=tmp_path / "o.jsonl")
-    p, labels, notes = prepare(spec, read_corpus(corpus, label_field="label"), np.random.default_rng(0))
-    assert labels == ["ham", "spam"]
+    with local_store(keep=False) as (store, _):
+        info = corpus_dataset(store, read_corpus(corpus, label_field="label"), "d" * 64, epsilon_cap=None, delta=1e-3,
+                              public_count=None, keep=False)
+        prep = dataset_job.prepare(store, TENANT, info.id, job_request(spec), "test", spec.count_noise, b"s" * 32, engine,
+                                   spec.batch_rows)
+        first, second = store.ledger_rows(TENANT, info.id)
+    p = prep.plan
+    assert prep.labels == ["ham", "spam"]
     assert sum(d["records"] for d in p.strata.values()) == 20
     assert p.strata["ham"]["records"] > p.strata["spam"]["records"]  # ham dominates SMS spam
-    assert p.events[0].note.startswith("DP label histogram") and p.epsilon <= 2.0
+    assert first.events[0].note.startswith("DP label histogram") and tuple(second.events) == tuple(p.events)
+    assert p.epsilon <= 2.0

@@ -10,7 +10,9 @@ import pytest
 pytest.importorskip("torch")
 
 from service.data.packaged import export_jsonl  # noqa: E402
-from service.jobs.generate import SEEDED_NOTE, GenerateSpec, run_generate  # noqa: E402
+from service.jobs.generate import SEEDED_NOTE  # noqa: E402
+from service.jobs.local_run import run_generate  # noqa: E402
+from service.jobs.request import GenerateSpec  # noqa: E402
 from text_kit import shared_leading_words  # noqa: E402
 
 
@@ -61,7 +63,8 @@ def test_the_same_seed_and_request_replay_the_same_records(engine, corpus, tmp_p
 def test_the_seed_alone_does_not_decide_the_noise(engine, corpus, tmp_path, monkeypatch):
     """Another machine (another local secret) with the same documented seed gets other noise."""
     a, _ = generate(engine, corpus, tmp_path, "a", seed=0)
-    monkeypatch.setenv("PRIVTEXT_CONFIG_DIR", str(tmp_path / "another-machine"))
+    monkeypatch.setenv("PRIVTEXT_CONFIG_DIR", str(tmp_path / "another-machine"))  # its own local secret and data key,
+    monkeypatch.setenv("PRIVTEXT_DATA_DIR", str(tmp_path / "another-machine-data"))  # so its own local store
     b, _ = generate(engine, corpus, tmp_path, "b", seed=0)
     assert a != b
 

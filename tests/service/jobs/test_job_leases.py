@@ -15,7 +15,7 @@ from server_kit import KEYS, Client, Process, corpus, request
 from service.api.auth import hash_key
 from service.api.gen.privtext.v1 import generation_pb2
 from service.jobs.dataset_job import JobRunner, prepare
-from service.jobs.generate import JobRequest
+from service.jobs.request import JobRequest
 from service.jobs.scheduler import EngineScheduler
 from service.store.sqlite import SqliteStore
 

@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("torch")
 
 from mechanisms import BudgetExceeded, PrivacyEvent  # noqa: E402
-from service.jobs.generate import GenerateSpec, run_generate  # noqa: E402
+from service.jobs.local_run import run_generate  # noqa: E402
+from service.jobs.request import GenerateSpec  # noqa: E402
 from service.jobs.local_ledger import LocalLedger  # noqa: E402
 
 

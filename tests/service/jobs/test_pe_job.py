@@ -15,12 +15,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mechanisms import JobRandomness, plan_pe  # noqa: E402
+from mechanisms import BudgetExceeded, plan_pe  # noqa: E402
 from mechanisms.pe import PeBudgetExceeded  # noqa: E402
 from service.data.packaged import export_jsonl  # noqa: E402
 from service.generation.corpus import read_corpus  # noqa: E402
-from service.jobs.generate import SEEDED_NOTE, GenerateSpec, _split_records, label_units, run_generate, strata_from  # noqa: E402
-from service.jobs.pe_job import Shared, prepare_pe  # noqa: E402
+from service.jobs import dataset_job  # noqa: E402
+from service.jobs.generate import split_records  # noqa: E402
+from service.jobs.local_run import job_request, run_generate  # noqa: E402
+from service.jobs.local_store import TENANT, corpus_dataset, local_store  # noqa: E402
+from service.jobs.request import GenerateSpec  # noqa: E402
 
 PRIVTEXT = shutil.which("privtext")
 
@@ -63,13 +66,13 @@ def test_generate_pe_cli_end_to_end(corpus, tmp_path, data_dir):
     assert Counter(x["label"] for x in records) <= Counter(spam=2, ham=2)  # the declared counts (some may be dropped)
     assert report["method"] == "pe" and report["iterations"] == 2 == report["histograms"] and report["threshold"] == 0.0
     assert report["candidates_per_iteration"] == 16 and report["candidates_generated"] == 32
-    # the epsilon reported is the plan's: 2 Gaussian histograms and the DP label histogram, charged in full
-    expected = plan_pe(units=report["units"], records=4, iterations=2, threshold=0.0, delta=1e-2, epsilon=4.0,
-                       units_source="dp-count", count_noise=10.0, count_what="label histogram")
+    # the epsilon reported is the plan's: 2 Gaussian histograms, charged in full; the DP label
+    # histogram was released once for this corpus, on its own ledger entry before it
+    expected = plan_pe(units=report["units"], records=4, iterations=2, threshold=0.0, delta=1e-2, epsilon=4.0, units_source="dp-count")
     assert report["epsilon"] == report["plan"]["epsilon"] == expected.epsilon == pytest.approx(4.0, rel=1e-6)
     assert report["sigma"] == expected.sigma
     assert [e["note"] for e in report["plan"]["events"]] == [e.note for e in expected.events]
-    assert report["corpus_ledger"]["epsilon_spent"] == pytest.approx(report["epsilon"])
+    assert report["corpus_ledger"]["runs"] == 2 and report["corpus_ledger"]["epsilon_spent"] > report["epsilon"]
     # labels declared public: records per label as declared, the units from the DP label histogram
     assert report["records_per_label"] == {"ham": 2, "spam": 2} and set(report["notes"]["label_histogram"]) == {"spam", "ham"}
     # the report is publishable: no record of the corpus in it
@@ -80,7 +83,7 @@ def test_generate_pe_cli_end_to_end(corpus, tmp_path, data_dir):
     # `privtext plan --method pe` gives the same sigma and epsilon for the same public inputs
     p = subprocess.run(
         [PRIVTEXT, "plan", "--method", "pe", "--units", str(report["units"]), "--records", "4", "--max-tokens", "12",
-         "--iterations", "2", "--threshold", "0", "--epsilon", "4", "--delta", "1e-2", "--dp-count-noise", "10", "--json"],
+         "--iterations", "2", "--threshold", "0", "--epsilon", "4", "--delta", "1e-2", "--json"],
         capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
@@ -125,7 +128,7 @@ def test_same_seed_same_records(corpus, tmp_path, engine):
         ({"clip": 1.0}, ValueError, "clip: private-decoding settings"),
         ({"gate_threshold": 0.3, "mechanism": "gaussian"}, ValueError, "gate_threshold, mechanism: private-decoding"),
         ({"delta": 0.05}, ValueError, "delta must be in"),  # over 1/units (60 units)
-        ({"local_ledger": True, "epsilon_cap": 1.0}, PeBudgetExceeded, "over the ledger's cap"),  # the corpus's cap
+        ({"local_ledger": True, "epsilon_cap": 1.0}, BudgetExceeded, "over its cap 1"),  # the corpus's cap, as a server dataset's
     ],
 )
 def test_bad_or_over_budget_settings_are_refused_before_any_work(corpus, tmp_path, engine, kwargs, error, message):
@@ -138,17 +141,27 @@ def test_bad_or_over_budget_settings_are_refused_before_any_work(corpus, tmp_pat
     assert engine.stats.groups_finished == before  # nothing decoded
 
 
-def test_records_per_label_are_public_never_counted_from_the_data(corpus, tmp_path):
+def test_records_per_label_are_public_never_counted_from_the_data(corpus, tmp_path, engine):
     """Mistake: class counts from the raw data. Declared counts are used as given, whatever the
     corpus holds; undeclared ones are split by the DP label histogram (charged)."""
     data = read_corpus(corpus, label_field="label")
+
+    def prepared(spec):
+        with local_store(keep=False) as (store, _):
+            info = corpus_dataset(store, data, "d" * 64, epsilon_cap=None, delta=spec.delta, public_count=None, keep=False)
+            prep = dataset_job.prepare(store, TENANT, info.id, job_request(spec), "test", spec.count_noise, b"s" * 32, engine,
+                                       spec.batch_rows)
+            rows = store.ledger_rows(TENANT, info.id)
+            released = store.released_count(TENANT, info.id, dataset_job.count_kind(info, spec.wanted_labels()))
+        return prep, rows, released.value
+
     declared = GenerateSpec(input=corpus, method="pe", label_field="label", label_counts={"spam": 3, "ham": 1}, records=4,
                             max_tokens=4, epsilon=2.0, delta=1e-2, out=tmp_path / "o.jsonl")
-    shared = Shared(JobRandomness.fresh(b"0" * 32), "", label_units, strata_from, SEEDED_NOTE)  # what run_generate hands over
-    p, per_label, notes = prepare_pe(declared, data, np.random.default_rng(0), shared)
-    assert per_label == {"ham": 1, "spam": 3}  # the corpus has 7 spam of 60: not what decides
+    prep, _rows, _released = prepared(declared)
+    assert prep.per_label == {"ham": 1, "spam": 3}  # the corpus has 7 spam of 60: not what decides
     split = GenerateSpec(input=corpus, method="pe", label_field="label", labels=("spam", "ham"), records=8, pe_population=8,
                          max_tokens=4, epsilon=2.0, delta=1e-2, out=tmp_path / "o.jsonl")
-    p, per_label, notes = prepare_pe(split, data, np.random.default_rng(1), shared)
-    assert per_label == _split_records(8, notes["label_histogram"])
-    assert "label histogram" in p.events[0].note and p.units == sum(max(v, 1) for v in notes["label_histogram"].values())
+    prep, rows, released = prepared(split)
+    p = prep.plan
+    assert prep.per_label == split_records(8, released)
+    assert "label histogram" in rows[0].events[0].note and p.units == sum(max(v, 1) for v in released.values())

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("ray")
 
 from service.jobs.dataset_job import JobRunner, decode, prepare  # noqa: E402
-from service.jobs.generate import JobRequest  # noqa: E402
+from service.jobs.request import JobRequest  # noqa: E402
 from service.jobs.ray_executor import RayWorkers, init_ray  # noqa: E402
 from service.jobs.records import RecordFilter  # noqa: E402
 from service.jobs.scheduler import EngineScheduler  # noqa: E402

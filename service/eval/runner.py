@@ -137,7 +137,7 @@ class EvalSettings(BaseModel):
         return out
 
 
-FAST = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em",), records=16, max_tokens=12, test_rows=200, train_rows=600)
+FAST = dict(datasets=("sms-spam",), epsilons=(3.0, math.inf), mechanisms=("em", PE), records=16, max_tokens=12, test_rows=200, train_rows=600)
 
 
 def template_for(name: str, s: EvalSettings) -> str:

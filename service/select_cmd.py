@@ -111,7 +111,7 @@ def cmd_select(a: argparse.Namespace) -> int:
         f"epsilon {p.epsilon:.3f} at delta {a.delta:g}")
     if path is not None:
         say(f"corpus ledger: epsilon {ledger['epsilon_spent']:.3f} of its cap {ledger['epsilon_cap']:g} spent "
-            f"over {ledger['runs']} run(s) ({path})")
+            f"in {ledger['entries']} ledger entries ({path})")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with open(a.out, "w", encoding="utf-8") as out:
         for j, c in zip(sel.indices, sel.noisy_counts):

@@ -51,7 +51,7 @@ def corpus_ledger(store: Store, dataset_id: str, digest: str, path: Path | None)
     if path is None:
         return "off"
     b = store.budget(TENANT, dataset_id)
-    return {"corpus_sha256": digest, "epsilon_cap": b["cap"], "epsilon_spent": b["spent"], "runs": b["entries"], "path": str(path)}
+    return {"corpus_sha256": digest, "epsilon_cap": b["cap"], "epsilon_spent": b["spent"], "entries": b["entries"], "path": str(path)}
 
 
 def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Callable[[str], None] | None = None,
@@ -94,7 +94,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         ledger = corpus_ledger(store, info.id, digest, path)
         if path is not None:
             say(f"corpus ledger: epsilon {ledger['epsilon_spent']:.3f} of its cap {ledger['epsilon_cap']:g} spent "
-                f"over {ledger['runs']} run(s) ({path})")
+                f"in {ledger['entries']} ledger entries ({path})")
         released = {k: v for k, v in (("label_histogram", _released_histogram(store, info.id, request)),) if v is not None}
 
     records = RecordFilter(spec.pii, say)

@@ -37,7 +37,7 @@ def test_runs_on_one_corpus_compose_and_the_cap_refuses_before_decoding(engine, 
     corpus(tmp_path / "corpus.jsonl")
     first = run(engine, tmp_path, "a", epsilon_cap=5.0)
     second = run(engine, tmp_path, "b")
-    assert first["corpus_ledger"]["runs"] == 1 and second["corpus_ledger"]["runs"] == 2
+    assert first["corpus_ledger"]["entries"] == 1 and second["corpus_ledger"]["entries"] == 2  # declared count: no count entry
     assert 2.0 < second["corpus_ledger"]["epsilon_spent"] <= 4.0 + 1e-9  # composed (sub-additive in zCDP)
     with pytest.raises(BudgetExceeded, match="over its cap 5"):
         run(engine, tmp_path, "c", epsilon=4.5)

@@ -72,7 +72,7 @@ def test_generate_pe_cli_end_to_end(corpus, tmp_path, data_dir):
     assert report["epsilon"] == report["plan"]["epsilon"] == expected.epsilon == pytest.approx(4.0, rel=1e-6)
     assert report["sigma"] == expected.sigma
     assert [e["note"] for e in report["plan"]["events"]] == [e.note for e in expected.events]
-    assert report["corpus_ledger"]["runs"] == 2 and report["corpus_ledger"]["epsilon_spent"] > report["epsilon"]
+    assert report["corpus_ledger"]["entries"] == 2 and report["corpus_ledger"]["epsilon_spent"] > report["epsilon"]
     # labels declared public: records per label as declared, the units from the DP label histogram
     assert report["records_per_label"] == {"ham": 2, "spam": 2} and set(report["notes"]["label_histogram"]) == {"spam", "ham"}
     # the report is publishable: no record of the corpus in it

@@ -353,7 +353,8 @@ class ScheduledEngine:
 
 def evolve_records(prep: Prepared, engine: Engine, admission: Admission, records: RecordFilter,
                    on_start: Callable[[int], bool] | None = None, embed_fn: Embed = shared_embed,
-                   on_outcome: Callable[[PeOutcome], None] | None = None) -> Iterator[OutRecord]:
+                   on_outcome: Callable[[PeOutcome], None] | None = None,
+                   say: Callable[[str], None] = lambda _m: None) -> Iterator[OutRecord]:
     """A prepared PE request's records: its evolution (pe_job.run_evolution) on the shared
     scheduler, then each record through the PII filter. on_start(PE_STARTED) claims the run
     durably before any private record is read; a job that had claimed it already fails
@@ -362,7 +363,7 @@ def evolve_records(prep: Prepared, engine: Engine, admission: Admission, records
         raise JobFailed(PE_NOT_RESUMABLE)
     template = Template.load(prep.request.template, prep.request.max_record_chars)
     outcome = run_evolution(prep.request, prep.corpus.units(), prep.plan, prep.per_label, template,
-                            ScheduledEngine(engine, admission), prep.randomness, embed_fn)
+                            ScheduledEngine(engine, admission), prep.randomness, embed_fn, say=say)
     if on_outcome is not None:
         on_outcome(outcome)
     for result, label in outcome.records:
@@ -376,14 +377,15 @@ def mechanism_selector(prep: Prepared) -> MechanismSelector:
 
 def decode(prep: Prepared, engine: Engine, admission: Admission | DirectAdmission, records: RecordFilter,
            skip: frozenset[int] = frozenset(), on_start: Callable[[int], None] | None = None,
-           selector: MechanismSelector | None = None, on_outcome: Callable[[PeOutcome], None] | None = None) -> Iterator[OutRecord]:
+           selector: MechanismSelector | None = None, on_outcome: Callable[[PeOutcome], None] | None = None,
+           say: Callable[[str], None] = lambda _m: None) -> Iterator[OutRecord]:
     """A prepared request's records, whichever its method (PE: evolve_records). `selector`
     replaces the private mechanism: only `privtext eval` passes one, for its epsilon = infinity
     ceiling (service/eval/baseline.py)."""
     if prep.request.method == "pe":
         if selector is not None:
             raise ValueError("selector replaces a private decoding mechanism; method 'pe' has none")
-        return evolve_records(prep, engine, admission, records, on_start, on_outcome=on_outcome)
+        return evolve_records(prep, engine, admission, records, on_start, on_outcome=on_outcome, say=say)
     selector = selector or mechanism_selector(prep)
     template = Template.load(prep.request.template, prep.request.max_record_chars)
     return decode_records(prep.request, prep.corpus, prep.plan, prep.secret, template, engine, admission, selector,

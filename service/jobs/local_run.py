@@ -107,7 +107,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     t0 = time.time()
     with open(spec.out, "w", encoding="utf-8") as out:
         for rec in dataset_job.decode(prep, engine, dataset_job.DirectAdmission(engine, spec.batch_rows), records,
-                                      selector=selector, on_outcome=outcomes.append):
+                                      selector=selector, on_outcome=outcomes.append, say=say):
             if rec.released:
                 out.write(json.dumps(rec.to_json(bool(spec.label_field)), ensure_ascii=False) + "\n")
                 out.flush()  # a crash keeps every record already finished

@@ -156,11 +156,11 @@ def test_records_per_label_are_public_never_counted_from_the_data(corpus, tmp_pa
         return prep, rows, released.value
 
     declared = GenerateSpec(input=corpus, method="pe", label_field="label", label_counts={"spam": 3, "ham": 1}, records=4,
-                            max_tokens=4, epsilon=2.0, delta=1e-2, out=tmp_path / "o.jsonl")
+                            max_tokens=4, epsilon=2.0, delta=1e-3, out=tmp_path / "o.jsonl")
     prep, _rows, _released = prepared(declared)
     assert prep.per_label == {"ham": 1, "spam": 3}  # the corpus has 7 spam of 60: not what decides
     split = GenerateSpec(input=corpus, method="pe", label_field="label", labels=("spam", "ham"), records=8, pe_population=8,
-                         max_tokens=4, epsilon=2.0, delta=1e-2, out=tmp_path / "o.jsonl")
+                         max_tokens=4, epsilon=2.0, delta=1e-3, out=tmp_path / "o.jsonl")
     prep, rows, released = prepared(split)
     p = prep.plan
     assert prep.per_label == split_records(8, released)

@@ -32,14 +32,20 @@ class CorpusCache:
                 self._items.move_to_end(key)
                 return hit
         corpus = corpus_from_rows(store.read_records(tenant, info.id), info.text_field, info.label_field, info.unit_field)
-        corpus.units()  # build the unit map once, outside any request's critical path later
         with self._lock:
             self.loads += 1
-            self._items[key] = corpus
-            self._items.move_to_end(key)
+        self.put(store, info, corpus)
+        return corpus
+
+    def put(self, store: Store, info: DatasetInfo, corpus: Corpus) -> None:
+        """Keep a Corpus parsed from exactly the rows the dataset holds (read back from the store,
+        or a local run's corpus file, whose digest names the dataset), so it is not read again."""
+        corpus.units()  # build the unit map once, outside any request's critical path later
+        with self._lock:
+            self._items[(id(store), info.id)] = corpus
+            self._items.move_to_end((id(store), info.id))
             while len(self._items) > self.max_datasets:
                 self._items.popitem(last=False)
-        return corpus
 
     def holds(self, dataset_id: str) -> bool:
         with self._lock:

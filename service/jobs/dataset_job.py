@@ -288,7 +288,7 @@ def reprepare(store: Store, job: JobInfo, server_secret: bytes) -> Prepared:
     nonce = job.nonce
     # A job stored before nonces were: a fresh nonce (its started groups are skipped, so the
     # groups left have never drawn from any stream).
-    randomness = JobRandomness(server_secret, nonce) if nonce else JobRandomness.fresh(server_secret)
+    randomness = JobRandomness(server_secret, nonce) if nonce else fresh_randomness(server_secret)
     return Prepared(job.tenant, info, request, p, corpus, store.partition_secret(job.tenant, job.dataset_id), job.ledger_id,
                     randomness, cache_salt(server_secret, job.tenant, job.dataset_id), per_label)
 

@@ -95,7 +95,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         if path is not None:
             say(f"corpus ledger: epsilon {ledger['epsilon_spent']:.3f} of its cap {ledger['epsilon_cap']:g} spent "
                 f"in {ledger['entries']} ledger entries ({path})")
-        released = {k: v for k, v in (("label_histogram", _released_histogram(store, info.id, request)),) if v is not None}
+        histogram = _released_histogram(store, info.id, request)
 
     records = RecordFilter(spec.pii, say)
     selector = None
@@ -137,7 +137,7 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         "corpus_ledger": ledger,
         "seconds": time.time() - started,
     }
-    notes = {**released, **({"units_declared_public": "the caller declared the unit count public; it was used as given"}
+    notes = {**({"label_histogram": histogram} if histogram is not None else {}), **({"units_declared_public": "the caller declared the unit count public; it was used as given"}
                             if p.units_source == "declared-public" else {}),
              **({"seed": SEEDED_NOTE} if spec.seed is not None else {})}
     if pe:

@@ -30,6 +30,7 @@ from mechanisms.config import require
 from ..generation.corpus import Corpus
 from ..store.interface import DatasetInfo, Store
 from ..store.open import open_store
+from .corpora import CORPORA
 from .local_ledger import FILE as LEGACY_LEDGER, LocalLedger
 
 TENANT = "local"
@@ -89,24 +90,38 @@ def _creation_lock() -> Iterator[None]:
 def corpus_dataset(store: Store, corpus: Corpus, digest: str, *, epsilon_cap: float | None, delta: float,
                    public_count: int | None, keep: bool = True) -> DatasetInfo:
     """The corpus file's dataset: created at its first run, then checked against each later run.
-    A corpus spent before this store existed (local-ledger.db) keeps that spending."""
+    A corpus spent before this store existed (local-ledger.db) keeps that spending. The parsed
+    corpus is what the dataset holds (same digest, same fields), so the pipeline uses it as it is
+    instead of reading and decrypting the rows back (CORPORA)."""
+    info = _find_or_create(store, corpus, digest, epsilon_cap=epsilon_cap, delta=delta, public_count=public_count, keep=keep)
+    CORPORA.put(store, info, corpus)
+    return info
+
+
+def _find_or_create(store: Store, corpus: Corpus, digest: str, *, epsilon_cap: float | None, delta: float,
+                    public_count: int | None, keep: bool) -> DatasetInfo:
     name = dataset_name(digest)
     with _creation_lock() if keep else contextlib.nullcontext():
-        found = [d for d in store.list_datasets(TENANT) if d.name == name]
-        if found:
-            info = found[0]
-            require(epsilon_cap is None or math.isclose(epsilon_cap, info.epsilon_cap), "epsilon_cap",
-                    f"this corpus's cap {info.epsilon_cap:g}, fixed at its first run (leave it unset)", epsilon_cap)
-            require(math.isclose(delta, info.delta), "delta", f"this corpus's delta {info.delta:g}, fixed at its first run", delta)
-            for setting, asked, have in (("text_field", corpus.text_field, info.text_field), ("label_field", corpus.label_field, info.label_field),
-                                         ("unit_field", corpus.unit_field, info.unit_field), ("public_count", public_count, info.declared_public_units)):
+        found = next((d for d in store.list_datasets(TENANT) if d.name == name), None)
+        legacy = None
+        if found is None and keep and (data_dir() / LEGACY_LEDGER).exists():
+            legacy = LocalLedger(data_dir()).stored(digest)
+        fixed_cap = found.epsilon_cap if found is not None else legacy.epsilon_cap if legacy is not None else None
+        if fixed_cap is not None:
+            require(epsilon_cap is None or math.isclose(epsilon_cap, fixed_cap), "epsilon_cap",
+                    f"this corpus's cap {fixed_cap:g}, fixed at its first run (leave it unset)", epsilon_cap)
+        if found is not None:
+            require(math.isclose(delta, found.delta), "delta", f"this corpus's delta {found.delta:g}, fixed at its first run", delta)
+            for setting, asked, have in (("text_field", corpus.text_field, found.text_field), ("label_field", corpus.label_field, found.label_field),
+                                         ("unit_field", corpus.unit_field, found.unit_field), ("public_count", public_count, found.declared_public_units)):
                 require(asked == have, setting, f"this corpus's {setting} {have!r}, fixed at its first run", asked)
-            return info
-        legacy = LocalLedger(data_dir()).stored(digest) if keep and (data_dir() / LEGACY_LEDGER).exists() else None
-        if legacy is not None:
-            require(epsilon_cap is None or math.isclose(epsilon_cap, legacy.epsilon_cap), "epsilon_cap",
-                    f"this corpus's cap {legacy.epsilon_cap:g}, fixed at its first run (leave it unset)", epsilon_cap)
-        cap = THROWAWAY_CAP if not keep else legacy.epsilon_cap if legacy is not None else DEFAULT_CAP if epsilon_cap is None else epsilon_cap
+            return found
+        if not keep:
+            cap = THROWAWAY_CAP
+        elif fixed_cap is not None:
+            cap = fixed_cap
+        else:
+            cap = DEFAULT_CAP if epsilon_cap is None else epsilon_cap
         rows = [{"text": r.text, "label": r.label, "unit": r.unit} for r in corpus.records]
         info = store.create_dataset(TENANT, name, text_field=corpus.text_field, label_field=corpus.label_field,
                                     unit_field=corpus.unit_field, epsilon_cap=cap, delta=delta,

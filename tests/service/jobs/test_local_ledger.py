@@ -57,3 +57,28 @@ def test_a_reservation_is_checked_again_under_the_lock(tmp_path):
         for i in range(10):
             book.reserve("d" * 64, None, 1e-3, f"run {i}", big)
     assert book.ledger("d" * 64, None, 1e-3).spent_epsilon() <= 4.0
+
+
+def test_a_local_run_reads_its_corpus_once(engine, tmp_path):
+    """The file just parsed is what the dataset holds: the pipeline does not read it back."""
+    from service.jobs.corpora import CORPORA
+
+    corpus(tmp_path / "corpus.jsonl")
+    before = CORPORA.loads
+    run(engine, tmp_path, "a")
+    run(engine, tmp_path, "b", local_ledger=False)
+    assert CORPORA.loads == before
+
+
+def test_spending_in_the_earlier_local_ledger_carries_over(engine, tmp_path, monkeypatch):
+    """A corpus spent under local-ledger.db (before the local store) keeps its spending and its cap."""
+    from service.jobs.generate import file_digest
+    from service.jobs.local_store import data_dir
+
+    path = corpus(tmp_path / "corpus.jsonl")
+    LocalLedger(data_dir()).reserve(file_digest(path), 5.0, 1e-3, "an earlier run", [PrivacyEvent("zcdp", 0.5)])
+    with pytest.raises(ValueError, match="^epsilon_cap must be this corpus's cap 5"):
+        run(engine, tmp_path, "a", epsilon_cap=50.0)
+    report = run(engine, tmp_path, "b")
+    assert report["corpus_ledger"]["epsilon_cap"] == 5.0 and report["corpus_ledger"]["entries"] == 2
+    assert report["corpus_ledger"]["epsilon_spent"] > report["epsilon"]  # the earlier 0.5 zCDP composed with this run

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.transformers_backend import QUANTIZE_CHOICES
+
 PRIVATE_PROMPT = "Here is an example of a text message:\n{text}\nWrite one more text message like it. Reply with the message only."
 PUBLIC_PROMPT = "Write one text message. Reply with the message only."
 DATASET = "sms-spam"
@@ -199,7 +201,7 @@ def bench_engine(
     """Raw and private tokens/s of one engine on the same rows; see the module docstring.
 
     engine: an already loaded Engine to reuse (tests); otherwise `engine_name` is loaded, with
-    quantize= passed to it when given (the transformers engine's "none" or "int8")."""
+    quantize= passed to it when given (the transformers engine's "none", "bf16" or "int8")."""
     import torch
 
     from ..engine.loader import load_engine
@@ -340,8 +342,8 @@ def bench_side_by_side(variants: Sequence[str], repeats: int = 1, progress: Call
     from ..engine.loader import load_engine
 
     say = progress or (lambda _m: None)
-    if not variants or len(set(variants)) != len(variants) or any(v not in ("none", "int8") for v in variants):
-        raise ValueError(f"quantize must be distinct values among none, int8, got {list(variants)}")
+    if not variants or len(set(variants)) != len(variants) or any(v not in QUANTIZE_CHOICES for v in variants):
+        raise ValueError(f"quantize must be distinct values among {', '.join(QUANTIZE_CHOICES)}, got {list(variants)}")
     _check_args(kw.get("partitions", 8), kw.get("groups", 16), kw.get("max_tokens", 32), repeats)
     loaded = {}
     for v in variants:
@@ -461,7 +463,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mechanism", choices=MECHANISMS, default="em", help="private token selection (default: em)")
     p.add_argument("--repeats", type=int, default=1, help="alternating raw/private runs; the median of each is reported (default: 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quantize", nargs="+", choices=["none", "int8"], default=None,
+    p.add_argument("--quantize", nargs="+", choices=QUANTIZE_CHOICES, default=None,
                    help="transformers engine: float32 (none) or int8 linear layers; several values run side by side, "
                         "one engine each, in one process (default: the engine's own, PRIVTEXT_QUANTIZE or none)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")

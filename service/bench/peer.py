@@ -6,12 +6,14 @@ The rate each reaches is synthetic tokens / whole-process seconds (tokens actual
 both stop a record at end-of-sequence).
 
 - corpus: `privtext data export sms-spam --limit 64` (64 SMS texts, one unit each);
-- privtext: `privtext generate` with the transformers engine, N partitions, em (its default),
+- privtext: `privtext generate` with the transformers engine (once per --quantize variant, through
+  PRIVTEXT_QUANTIZE; each run on a fresh local store, as a new user's first run), N partitions, em (its default),
   top-k 64, the unit count declared public (64, as the peer treats its corpus size) and
   --pii off by default (the peer has no PII filter; --pii redact times privtext's default);
 - the peer: `invink.generate` with batch_size N + 1 (N private references and one public
   prompt per token, as privtext's groups), num = records, max_toks, epsilon, delta, top-k 64,
-  float32 on CPU (its default is bfloat16), run by service/bench/peer_runner.py under the peer's
+  float32 on CPU (its default is bfloat16; it also runs in bfloat16 when privtext's variants
+  include bf16, so that each ratio compares like with like), run by service/bench/peer_runner.py under the peer's
   own Python.
 
 This command installs nothing. The peer runs only when its Python has `invink`
@@ -27,8 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from ..engine.transformers_backend import QUANTIZE_CHOICES, QUANTIZE_ENV
 
 PEER_ENV = "PRIVTEXT_PEER_PYTHON"
 DEFAULT_PEER = Path(".venv-peer") / "bin" / "python"
@@ -66,31 +70,50 @@ def _failed(what: str, r: subprocess.CompletedProcess) -> RuntimeError:
     return RuntimeError(f"{what} exited {r.returncode}:\n{tail}")
 
 
-def run_privtext(work: Path, corpus: Path, s: dict) -> dict:
-    out, report = work / "privtext.jsonl", work / "privtext-report.json"
+def side_names(quantize: Sequence[str], installed: bool) -> list[tuple[str, str, str]]:
+    """(side, kind, precision) in run order: privtext once per quantize variant, then the peer in
+    float32, and in bfloat16 too when privtext runs bf16 (like against like)."""
+    sides = [("privtext" if v == "none" else f"privtext {v}", "privtext", v) for v in quantize]
+    if installed:
+        sides.append(("peer", "peer", "float32"))
+        if "bf16" in quantize:
+            sides.append(("peer bf16", "peer", "bfloat16"))
+    return sides
+
+
+def _against(side: str) -> str:
+    """The peer side a privtext side's ratio is taken against."""
+    return "peer bf16" if side.endswith(" bf16") else "peer"
+
+
+def run_privtext(work: Path, corpus: Path, s: dict, quantize: str = "none") -> dict:
+    out, report = work / f"privtext-{quantize}.jsonl", work / f"privtext-{quantize}-report.json"
     cmd = [sys.executable, "-m", "service.cli", "generate", "--input", str(corpus), "--records", str(s["records"]),
            "--max-tokens", str(s["max_tokens"]), "--epsilon", str(s["epsilon"]), "--delta", str(s["delta"]),
            "--partitions", str(s["partitions"]), "--top-k", str(s["top_k"]), "--public-count", str(s["corpus_records"]),
-           "--engine", "transformers", "--pii", s["pii"], "--template", "sms-spam", "--out", str(out), "--report", str(report)]
-    wall, r = _run(cmd)
+           "--engine", "transformers", "--pii", s["pii"], "--template", "sms-spam", "--out", str(out),
+           "--report", str(report)]
+    # a fresh local store per run, as a new user's first run: repeats never meet the corpus's cap
+    store = tempfile.mkdtemp(prefix="store-", dir=work)
+    wall, r = _run(cmd, env={**os.environ, QUANTIZE_ENV: quantize, "PRIVTEXT_DATA_DIR": store})
     if r.returncode != 0:
         raise _failed("privtext generate", r)
     rep = json.loads(report.read_text())
-    return {"command": "privtext " + " ".join(cmd[4:]), "wall_seconds": wall, "records": rep["records"], "tokens": rep["tokens"],
-            "tokens_per_second": rep["tokens"] / wall, "startup_seconds": rep.get("startup_seconds"),
+    return {"command": f"{QUANTIZE_ENV}={quantize} privtext " + " ".join(cmd[4:]), "wall_seconds": wall, "records": rep["records"],
+            "tokens": rep["tokens"], "tokens_per_second": rep["tokens"] / wall, "startup_seconds": rep.get("startup_seconds"),
             "in_process_seconds": rep.get("seconds"), "epsilon": rep["epsilon"]}
 
 
-def run_peer(python: Path, work: Path, corpus: Path, model: str, s: dict) -> dict:
-    out = work / "peer.json"
+def run_peer(python: Path, work: Path, corpus: Path, model: str, s: dict, dtype: str = "float32") -> dict:
+    out = work / f"peer-{dtype}.json"
     cmd = [str(python), str(RUNNER), "--input", str(corpus), "--model", model, "--out", str(out), "--records", str(s["records"]),
            "--partitions", str(s["partitions"]), "--max-tokens", str(s["max_tokens"]), "--epsilon", str(s["epsilon"]),
-           "--delta", str(s["delta"]), "--top-k", str(s["top_k"])]
+           "--delta", str(s["delta"]), "--top-k", str(s["top_k"]), "--dtype", dtype]
     wall, r = _run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if r.returncode != 0:
         raise _failed("the peer (invink)", r)
     res = json.loads(out.read_text())
-    return {"command": " ".join(cmd[1:2]) + " ...", "wall_seconds": wall, "records": res["records"], "tokens": res["tokens"],
+    return {"command": " ".join(cmd[1:2]) + f" ... --dtype {dtype}", "wall_seconds": wall, "records": res["records"], "tokens": res["tokens"],
             "tokens_per_second": res["tokens"] / wall, "generate_seconds": res["generate_seconds"],
             "epsilon": res["epsilon_spent_max"]}
 
@@ -109,8 +132,10 @@ def bench_peer(
     repeats: int = 1,
     work: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    quantize: Sequence[str] = ("none",),
 ) -> dict:
-    """Both sides `repeats` times, alternating which goes first; see the module docstring."""
+    """Every side `repeats` times, alternating the order; see the module docstring. quantize:
+    privtext's engine variants (PRIVTEXT_QUANTIZE), one side each."""
     from ..data.packaged import export_jsonl
     from ..engine.model_files import resolve_model
 
@@ -121,6 +146,9 @@ def bench_peer(
     if records * partitions > corpus_records:
         raise ValueError(f"records x partitions ({records * partitions}) must be at most corpus_records ({corpus_records}): "
                          "the peer gives every record its own N texts")
+    quantize = list(quantize)
+    if not quantize or len(set(quantize)) != len(quantize) or any(v not in QUANTIZE_CHOICES for v in quantize):
+        raise ValueError(f"quantize must be distinct values among {', '.join(QUANTIZE_CHOICES)}, got {quantize}")
     say = progress or (lambda _m: None)
     settings = {"records": records, "partitions": partitions, "max_tokens": max_tokens, "epsilon": epsilon, "delta": delta,
                 "top_k": top_k, "corpus_records": corpus_records, "pii": pii, "dataset": "sms-spam"}
@@ -133,40 +161,49 @@ def bench_peer(
         tmp = tempfile.TemporaryDirectory(prefix="privtext-peer-")
         work = Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
+    sides = side_names(quantize, installed)
     try:
         corpus = work / "sms.jsonl"
         export_jsonl("sms-spam", corpus, limit=corpus_records, seed=0)
-        runs: dict[str, list[dict]] = {"privtext": [], "peer": []}
-        sides = ["privtext", "peer"] if installed else ["privtext"]
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
+        runs.setdefault("peer", [])
         for rep in range(repeats):
-            for side in sides if rep % 2 == 0 else sides[::-1]:
-                say(f"{side} run {rep + 1}/{repeats}")
-                r = run_privtext(work, corpus, settings) if side == "privtext" else run_peer(python, work, corpus, model_dir, settings)
-                say(f"  {side}: {r['wall_seconds']:.1f} s, {r['tokens']} tokens, {r['tokens_per_second']:.2f} tokens/s")
-                runs[side].append(r)
+            for name, kind, precision in sides if rep % 2 == 0 else sides[::-1]:
+                say(f"{name} run {rep + 1}/{repeats}")
+                r = (run_privtext(work, corpus, settings, precision) if kind == "privtext"
+                     else run_peer(python, work, corpus, model_dir, settings, precision))
+                say(f"  {name}: {r['wall_seconds']:.1f} s, {r['tokens']} tokens, {r['tokens_per_second']:.2f} tokens/s")
+                runs[name].append(r)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
     def med(side: str, key: str) -> float | None:
-        vals = sorted(r[key] for r in runs[side])
+        vals = sorted(r[key] for r in runs.get(side, []))
         return vals[len(vals) // 2] if vals else None
 
+    first = sides[0][0]
+    ratios = {}
+    for name, kind, _ in sides:
+        if kind == "privtext" and med(_against(name), "tokens_per_second"):
+            ratios[name] = {"against": _against(name), "ratio": med(name, "tokens_per_second") / med(_against(name), "tokens_per_second")}
     d = {
         "benchmark": "peer",
         "settings": settings,
         "model": Path(model_dir).name,
         "repeats": repeats,
+        "quantize": quantize,
         "peer_python": str(python),
         "peer_installed": installed,
         "peer_found": found,
-        "privtext_tokens_per_second": med("privtext", "tokens_per_second"),
-        "privtext_wall_seconds": med("privtext", "wall_seconds"),
+        "privtext_tokens_per_second": med(first, "tokens_per_second"),
+        "privtext_wall_seconds": med(first, "wall_seconds"),
         "peer_tokens_per_second": med("peer", "tokens_per_second"),
         "peer_wall_seconds": med("peer", "wall_seconds"),
+        "ratios": ratios,
         "runs": runs,
     }
-    d["ratio"] = None if d["peer_tokens_per_second"] is None else d["privtext_tokens_per_second"] / d["peer_tokens_per_second"]
+    d["ratio"] = ratios[first]["ratio"] if first in ratios else None
     return d
 
 
@@ -178,20 +215,23 @@ def format_peer(d: dict) -> str:
         f"median of {d['repeats']}",
         "",
     ]
-    head = f"{'side':<10} {'wall s':>8} {'records':>7} {'tokens':>6} {'tokens/s':>9}  notes"
+    head = f"{'side':<14} {'wall s':>8} {'records':>7} {'tokens':>6} {'tokens/s':>9}  notes"
     lines += [head, "-" * len(head)]
-    for side in ("privtext", "peer"):
-        runs = d["runs"][side]
+    for side, runs in d["runs"].items():
         if not runs:
-            lines.append(f"{side:<10} {'-':>8} {'-':>7} {'-':>6} {'-':>9}  not installed: {d['peer_found']}")
+            lines.append(f"{side:<14} {'-':>8} {'-':>7} {'-':>6} {'-':>9}  not installed: {d['peer_found']}")
             continue
         mid = sorted(runs, key=lambda r: r["tokens_per_second"])[len(runs) // 2]
-        note = (f"start-up {mid['startup_seconds']:.1f} s" if side == "privtext" and mid.get("startup_seconds") is not None
-                else f"{d['peer_found']}, its generate() {mid['generate_seconds']:.1f} s" if side == "peer" else "")
-        lines.append(f"{side:<10} {mid['wall_seconds']:>8.1f} {mid['records']:>7} {mid['tokens']:>6} {mid['tokens_per_second']:>9.2f}  {note}")
+        note = (f"start-up {mid['startup_seconds']:.1f} s" if side.startswith("privtext") and mid.get("startup_seconds") is not None
+                else f"{d['peer_found']}, its generate() {mid['generate_seconds']:.1f} s" if side.startswith("peer") else "")
+        lines.append(f"{side:<14} {mid['wall_seconds']:>8.1f} {mid['records']:>7} {mid['tokens']:>6} {mid['tokens_per_second']:>9.2f}  {note}")
     lines.append("tokens/s = synthetic tokens released / whole-process wall seconds (start to exit, model load included)")
-    if d["ratio"] is not None:
-        lines.append(f"privtext / peer = {d['privtext_tokens_per_second']:.2f} / {d['peer_tokens_per_second']:.2f} = {d['ratio']:.2f}x")
+    if d["ratios"]:
+        for side, r in d["ratios"].items():
+            mine = d["runs"][side]
+            lines.append(f"{side} / {r['against']} = {sorted(x['tokens_per_second'] for x in mine)[len(mine) // 2]:.2f} / "
+                         f"{sorted(x['tokens_per_second'] for x in d['runs'][r['against']])[len(d['runs'][r['against']]) // 2]:.2f} "
+                         f"= {r['ratio']:.2f}x")
     else:
         lines.append(f"the peer is not installed ({d['peer_found']}): no ratio; bash scripts/peer-venv installs it in its own venv")
     return "\n".join(lines)
@@ -203,7 +243,7 @@ def cmd(a) -> int:
 
     d = bench_peer(records=a.records, partitions=a.partitions, max_tokens=a.max_tokens, epsilon=a.epsilon, delta=a.delta,
                    top_k=a.top_k, corpus_records=a.corpus_records, pii=a.pii, peer=a.peer_python, model=a.model, repeats=a.repeats,
-                   work=Path(a.work) if a.work else None, progress=say)
+                   work=Path(a.work) if a.work else None, progress=say, quantize=a.quantize)
     print(format_peer(d))
     if a.out:
         Path(a.out).write_text(json.dumps(d, indent=2) + "\n")
@@ -224,6 +264,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pii", choices=["off", "redact"], default="off", help="privtext's PII filter (default: off, as the peer has none)")
     p.add_argument("--peer-python", default=None, help=f"the peer's Python (default: ${PEER_ENV}, else {DEFAULT_PEER})")
     p.add_argument("--model", default=None, help="a local model folder (default: the embedded default model)")
+    p.add_argument("--quantize", nargs="+", choices=QUANTIZE_CHOICES, default=["none"],
+                   help="privtext's engine variants (PRIVTEXT_QUANTIZE), one side each; with bf16 the peer also runs in bfloat16 "
+                        "(default: none)")
     p.add_argument("--repeats", type=int, default=1, help="runs per side, alternating which goes first (default: 1)")
     p.add_argument("--work", default=None, help="keep the corpus and both sides' outputs in this folder (default: a temporary one)")
     p.add_argument("--out", default=None, metavar="PATH", help="also write the results as JSON")

@@ -9,7 +9,8 @@ shapes divided by the FLOPs one row-token costs. Side by side in one run, this c
   a few steps: the machine's capability, other processes aside), on the loaded
   engine's own modules (the real weights, in forward order, 30 layers + the head: what the cache
   and the memory bus really see), for each engine variant (float32; int8 with --quantize int8,
-  the transformers backend's RowInt8Linear). GFLOP/s = 2 x B x (sum of in x out) / seconds.
+  the transformers backend's RowInt8Linear; bf16 with --quantize bf16, bfloat16
+  weights and inputs). GFLOP/s = 2 x B x (sum of in x out) / seconds.
   Also at the split the engine really runs: its private rows (G x N) and its public rows (G) are
   two batches, two forwards a step.
 - FLOPs per row-token from the model's config (checked against the modules' shapes); attention
@@ -35,9 +36,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..engine.transformers_backend import QUANTIZE_CHOICES as VARIANTS
 from .engine import STARVED, build_groups, corpus_texts, measure
-
-VARIANTS = ("none", "int8")
 
 
 def model_flops(config) -> dict:
@@ -73,7 +73,9 @@ def time_step_linears(modules: Sequence, rows: Sequence[int], repeats: int = 5) 
     import torch
 
     widths = {m.in_features for m in modules}
-    inputs = [{w: torch.randn(b, w) for w in widths} for b in rows]
+    weight = getattr(modules[0], "weight", None)  # bf16 modules take bf16 inputs; int8 and float32 ones float32
+    dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+    inputs = [{w: torch.randn(b, w, dtype=dtype) for w in widths} for b in rows]
 
     def step() -> None:
         for x in inputs:
@@ -278,7 +280,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--groups", type=int, default=16, help="groups in one batch, B = groups x (N + 1) rows (default: 16)")
     p.add_argument("--max-tokens", type=int, default=16, help="new tokens per row in the decode run (default: 16)")
     p.add_argument("--quantize", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                   help="engine variants, side by side; the first is the base of the ratios (default: none int8)")
+                   help=f"engine variants, side by side; the first is the base of the ratios (default: {' '.join(VARIANTS)})")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per variant; medians are reported (default: 1)")
     p.add_argument("--matmul-repeats", type=int, default=3, help="timed steps of the linear layers per run, the fastest counts (default: 3)")
     p.add_argument("--model", default=None, help="a local model folder (default: the embedded default model)")

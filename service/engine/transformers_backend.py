@@ -2,7 +2,7 @@
 
 Two batches decode in lock step: one holds the private rows of every active group, the other
 their public rows, so a public row's logits never depend on the private rows (see _loop). Each
-is left-padded, with one KV cache (DynamicCache) reused across steps: a prompt is prefilled
+is left-padded, with one KV cache (kv_cache.RoomyLayer: spare columns, no copy per step) reused across steps: a prompt is prefilled
 once and every later step feeds one token per row. Groups join between steps (prefilled
 together, then merged into the batch by left-padding the shorter cache) and leave as they
 finish (their rows are dropped from the cache, and columns that became padding for every row
@@ -30,11 +30,12 @@ from .tokens import ChatTokens
 _HALTED = -2  # _select's mark for a group halted before the step
 
 QUANTIZE_ENV = "PRIVTEXT_QUANTIZE"
-QUANTIZE_CHOICES = ("none", "int8")
+QUANTIZE_CHOICES = ("none", "bf16", "int8")
 
 
 def check_quantize(quantize: str, device: str) -> str:
-    """The quantize option checked: "none" (float32) or "int8" (CPU only)."""
+    """The quantize option checked: "none" (float32), "bf16" (bfloat16 weights and activations)
+    or "int8" (CPU only)."""
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize ({QUANTIZE_ENV}) must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
     if quantize == "int8" and device != "cpu":
@@ -134,8 +135,9 @@ class TransformersEngine(Engine, RawDecoding):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         quantize = check_quantize((os.environ.get(QUANTIZE_ENV) or "none") if quantize is None else quantize, device)
-        if device == "cpu":
-            torch.set_num_threads(threads or default_threads())
+        self.threads = (threads or default_threads()) if device == "cpu" else None
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         self.device = device
         self.model_path = str(model_path)
         attn = None
@@ -149,8 +151,10 @@ class TransformersEngine(Engine, RawDecoding):
         self.tokens = ChatTokens(self.tokenizer, self.model.config.eos_token_id)
         self._vocab = int(self.model.get_output_embeddings().weight.shape[0])
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
-        self.quantize = quantize  # "none" or "int8": the one model both the private and the public rows use
+        self.quantize = quantize  # "none", "bf16" or "int8": the one model both the private and the public rows use
         self.quantized_layers = quantize_int8(self.model) if quantize == "int8" else 0
+        if quantize == "bf16":
+            self.model.to(torch.bfloat16)  # AMX / AVX512-BF16 matmuls on x86; norms and softmax stay float32 inside
         self._warm_up()
 
     # -- Engine API -----------------------------------------------------------------------
@@ -187,6 +191,8 @@ class TransformersEngine(Engine, RawDecoding):
 
         if max_batch_rows < 2:
             raise ValueError(f"max_batch_rows must be >= 2, got {max_batch_rows}")
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # per calling thread under OpenMP: the engine may have loaded in another
         waiting = deque()
         source = iter(groups)
         self._drained = False
@@ -334,7 +340,7 @@ class TransformersEngine(Engine, RawDecoding):
         Rows built from one template share its start (system prompt, instruction); that prefix
         is computed once and its KV cache expanded to every row, the suffixes are left-padded
         after it (the mask marks the padding, positions count real tokens only). Suffixes go in
-        chunks of about prefill_tokens padded tokens.
+        chunks of similar lengths (prefill_chunks).
         """
         import torch
         from transformers import DynamicCache
@@ -356,12 +362,7 @@ class TransformersEngine(Engine, RawDecoding):
             prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]
         parts: list[_Batch] = []
         pad = self.tokenizer.pad_token_id or 0
-        i = 0
-        while i < len(prompts):
-            j = i + 1
-            # prompts are sorted by length: the chunk's last prompt is its widest
-            while j < len(prompts) and (j + 1 - i) * (len(prompts[j]) - shared) <= self.prefill_tokens:
-                j += 1
+        for i, j in prefill_chunks([len(p) - shared for p in prompts], self.prefill_tokens):
             chunk = [p[shared:] for p in prompts[i:j]]
             b, width = len(chunk), len(chunk[-1])
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
@@ -373,7 +374,6 @@ class TransformersEngine(Engine, RawDecoding):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
             forwards, tokens = forwards + 1, tokens + sum(len(p) for p in chunk)
             parts.append(_Batch(cache, mask, mask.sum(-1), out.logits[:, -1, :].float(), np.zeros(b, dtype=np.int64)))
-            i = j
         merged = parts[0]
         for p in parts[1:]:
             merged = merged.merge(p)
@@ -419,6 +419,31 @@ def _sample_rows(logits, rng):
     return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[1] - 1)
 
 
+PREFILL_WASTE = 0.25  # padding a prefill chunk may add, as a share of its real tokens
+
+
+def prefill_chunks(widths: list[int], budget: int, waste: float = PREFILL_WASTE) -> list[tuple[int, int]]:
+    """Chunks [i, j) of rows whose widths are sorted ascending, for one prefill forward each: a
+    chunk grows while its padded size (rows x its widest row) stays within `budget` tokens and
+    within (1 + waste) x its real tokens. Padding is arithmetic thrown away: record lengths
+    vary several-fold (SMS suffixes of 11 to 86 tokens after the template), and one chunk as
+    wide as its widest row computed about twice the real tokens; a few more, narrower forwards
+    cost far less. A single row wider than the budget is a chunk of its own."""
+    chunks: list[tuple[int, int]] = []
+    i = 0
+    while i < len(widths):
+        j, real = i + 1, widths[i]
+        while j < len(widths):
+            padded = (j + 1 - i) * widths[j]
+            if padded > budget or padded > (1 + waste) * (real + widths[j]):
+                break
+            real += widths[j]
+            j += 1
+        chunks.append((i, j))
+        i = j
+    return chunks
+
+
 def _common_prefix(prompts: list[list[int]]) -> int:
     """Length of the longest common prefix, leaving every prompt at least one token of its own
     (its last token's logits start the decoding)."""
@@ -457,7 +482,8 @@ class _Batch:
         """Append other's rows, left-padding whichever cache is shorter."""
         import torch
         import torch.nn.functional as F
-        from transformers import DynamicCache
+
+        from .kv_cache import roomy_cache
 
         if self.rows == 0:
             return other
@@ -471,15 +497,13 @@ class _Batch:
             kb, vb = F.pad(kb, (0, 0, width - lb, 0)), F.pad(vb, (0, 0, width - lb, 0))
             layers.append((torch.cat([ka, kb]), torch.cat([va, vb])))
         mask = torch.cat([F.pad(self.mask, (width - la, 0)), F.pad(other.mask, (width - lb, 0))])
-        cache = DynamicCache(ddp_cache_data=layers, config=None)
-        return _Batch(cache, mask, torch.cat([self.next_pos, other.next_pos]), torch.cat([self.logits, other.logits]), np.concatenate([self.steps, other.steps]))
+        return _Batch(roomy_cache(layers), mask, torch.cat([self.next_pos, other.next_pos]), torch.cat([self.logits, other.logits]), np.concatenate([self.steps, other.steps]))
 
     def select(self, idx) -> _Batch:
         """Keep rows idx; trim leading columns that are padding for every kept row."""
-        from transformers import DynamicCache
+        from .kv_cache import roomy_cache
 
         mask = self.mask[idx]
         first = int((mask.sum(0) > 0).nonzero()[0]) if mask.numel() else 0
         layers = [(k[idx][:, :, first:], v[idx][:, :, first:]) for k, v in self._layers()]
-        cache = DynamicCache(ddp_cache_data=layers, config=None)
-        return _Batch(cache, mask[:, first:], self.next_pos[idx], self.logits[idx], self.steps[idx.cpu().numpy()])
+        return _Batch(roomy_cache(layers), mask[:, first:], self.next_pos[idx], self.logits[idx], self.steps[idx.cpu().numpy()])

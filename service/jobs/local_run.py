@@ -16,6 +16,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mechanisms import JobRandomness, Plan
@@ -73,31 +74,24 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     digest = file_digest(spec.input)
     randomness = run_randomness(spec, digest)
     request = job_request(spec)
-    with local_store(spec.local_ledger) as (store, path):
-        info = corpus_dataset(store, corpus, digest, epsilon_cap=spec.epsilon_cap, delta=spec.delta, public_count=spec.public_count,
-                              keep=spec.local_ledger)
+    # The engine and the PII filter (seconds each) load in threads beside the store's work instead
+    # of one after the other; both are ready before the reservation, so a filter or model that
+    # cannot load charges nothing.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="privtext-load") as loads:
+        engine_ready = None
         if engine is None:
             from ..engine.loader import load_engine
 
-            engine = load_engine(spec.engine, spec.model, progress=say)
-        label = f"privtext generate{' --method pe' if pe else ''} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        prep = dataset_job.prepare(store, TENANT, info.id, request, label, spec.count_noise, secrets.token_bytes(32), engine,
-                                   spec.batch_rows, randomness=randomness)
-        if spec.seed is not None:  # a replay: the same groups as well as the same noise (the store's secret is per corpus)
-            prep = dataclasses.replace(prep, secret=randomness.derived_secret("partition"))
-        p = prep.plan
-        if pe:
-            say(f"plan: PE, {p.iterations} iteration(s) of {spec.pe_population} candidate(s) per label, sigma {p.sigma:.4g}, "
-                f"threshold {p.threshold:g}, epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
-        else:
-            say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
-        ledger = corpus_ledger(store, info.id, digest, path)
-        if path is not None:
-            say(f"corpus ledger: epsilon {ledger['epsilon_spent']:.3f} of its cap {ledger['epsilon_cap']:g} spent "
-                f"in {ledger['entries']} ledger entries ({path})")
-        histogram = _released_histogram(store, info.id, request)
+            engine_ready = loads.submit(load_engine, spec.engine, spec.model, progress=say)
+        records_ready = loads.submit(RecordFilter, spec.pii, say)
+        with local_store(spec.local_ledger) as (store, path):
+            info = corpus_dataset(store, corpus, digest, epsilon_cap=spec.epsilon_cap, delta=spec.delta, public_count=spec.public_count,
+                                  keep=spec.local_ledger)
+            records = records_ready.result()
+            engine = engine if engine_ready is None else engine_ready.result()
+            prep, ledger, histogram = _prepare(spec, store, info.id, digest, path, request, engine, randomness, say)
+    p = prep.plan
 
-    records = RecordFilter(spec.pii, say)
     selector = None
     if not pe:
         selector = selector_for(p, prep.randomness) if selector_for is not None else dataset_job.mechanism_selector(prep)
@@ -172,6 +166,28 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
         tmp.write_text(json.dumps(report, indent=2, default=jsonable) + "\n")
         os.replace(tmp, spec.report)
     return report
+
+
+def _prepare(spec: GenerateSpec, store: Store, dataset_id: str, digest: str, path: Path | None, request: JobRequest,
+             engine: Engine, randomness, say: Callable[[str], None]) -> tuple[dataset_job.Prepared, dict | str, dict | None]:
+    """Count (once per corpus), plan and reserve on the local store: the server's prepare."""
+    pe = spec.method == "pe"
+    label = f"privtext generate{' --method pe' if pe else ''} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    prep = dataset_job.prepare(store, TENANT, dataset_id, request, label, spec.count_noise, secrets.token_bytes(32), engine,
+                               spec.batch_rows, randomness=randomness)
+    if spec.seed is not None:  # a replay: the same groups as well as the same noise (the store's secret is per corpus)
+        prep = dataclasses.replace(prep, secret=randomness.derived_secret("partition"))
+    p = prep.plan
+    if pe:
+        say(f"plan: PE, {p.iterations} iteration(s) of {spec.pe_population} candidate(s) per label, sigma {p.sigma:.4g}, "
+            f"threshold {p.threshold:g}, epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
+    else:
+        say(f"plan: {p.rounds} round(s) of {p.groups_per_round:,} group(s), epsilon {p.epsilon:.3f} at delta {spec.delta:g}")
+    ledger = corpus_ledger(store, dataset_id, digest, path)
+    if path is not None:
+        say(f"corpus ledger: epsilon {ledger['epsilon_spent']:.3f} of its cap {ledger['epsilon_cap']:g} spent "
+            f"in {ledger['entries']} ledger entries ({path})")
+    return prep, ledger, _released_histogram(store, dataset_id, request)
 
 
 def _released_histogram(store: Store, dataset_id: str, request: JobRequest) -> dict | None:

@@ -1,5 +1,5 @@
-"""`privtext bench roofline` on a tiny real run: the default model, float32 and int8 engines side
-by side, 1 group of 2 + 1 rows, 3 new tokens; the FLOP count; bad arguments; the CLI wiring."""
+"""`privtext bench roofline` on a tiny real run: the default model, float32, bf16 and int8 engines
+side by side, 1 group of 2 + 1 rows, 3 new tokens; the FLOP count; bad arguments; the CLI wiring."""
 
 from __future__ import annotations
 
@@ -24,9 +24,20 @@ def int8_engine():
 
 
 @pytest.fixture(scope="module")
-def result(engine, int8_engine):
+def bf16_engine():
+    return loader.load_engine("transformers", quantize="bf16")
+
+
+@pytest.fixture(scope="module")
+def result(engine, bf16_engine, int8_engine):
     return roofline.bench_roofline(partitions=N, groups=GROUPS, max_tokens=MAX_TOKENS, matmul_repeats=1,
-                                   engines={"none": engine, "int8": int8_engine})
+                                   engines={"none": engine, "bf16": bf16_engine, "int8": int8_engine})
+
+
+def test_bf16_linears_are_timed_on_bf16_inputs(bf16_engine):
+    mods = roofline.linear_modules(bf16_engine.model)
+    t = roofline.time_step_linears(mods[:2], [3], repeats=1)
+    assert t["rows"] == [3] and t["gflops"] > 0
 
 
 def test_flops_from_the_config(engine):
@@ -44,7 +55,7 @@ def test_small_run(result):
     d = result
     rows = GROUPS * (N + 1)
     assert (d["partitions"], d["groups"], d["max_tokens"], d["batch_rows"], d["split_rows"]) == (N, GROUPS, MAX_TOKENS, rows, [GROUPS * N, GROUPS])
-    assert list(d["variants"]) == ["none", "int8"]
+    assert list(d["variants"]) == ["none", "bf16", "int8"]
     for v, r in d["variants"].items():
         assert r["quantize"] == v and r["gflops"] > 0 and r["gflops_split"] > 0
         assert r["roofline_row_tokens_per_s"] == pytest.approx(r["gflops"] * 1e9 / d["flops"]["flops_per_row_token"])
@@ -58,13 +69,13 @@ def test_small_run(result):
     assert r8["decode_tokens_per_s_vs_none"] == pytest.approx(r8["decode_tokens_per_s"] / d["variants"]["none"]["decode_tokens_per_s"])
     assert 0 < d["attention_flops_per_row_token"] < d["flops"]["flops_per_row_token"]
     table = roofline.format_roofline(d)
-    for word in ("GFLOP/s", "roofline", "dec/roof", "int8 / none", "269.0 M"):
+    for word in ("GFLOP/s", "roofline", "dec/roof", "bf16 / none", "int8 / none", "269.0 M"):
         assert word in table, word
     json.dumps(d, allow_nan=False)  # as --out writes it
 
 
 @pytest.mark.parametrize("kw,message", [
-    ({"variants": ["int4"]}, "quantize must be distinct values among none, int8"),
+    ({"variants": ["int4"]}, "quantize must be distinct values among none, bf16, int8"),
     ({"variants": ["none", "none"]}, "quantize must be distinct"),
     ({"max_tokens": 1}, "max_tokens must be >= 2"),
     ({"groups": 0}, "groups must be an integer >= 1"),
@@ -82,9 +93,11 @@ def test_cli_wiring():
     a = build_parser().parse_args(["bench", "roofline", "--quantize", "int8", "--out", "r.json"])
     assert (a.func, a.quantize, a.out, a.partitions, a.groups, a.max_tokens) == (roofline.cmd, ["int8"], "r.json", 8, 16, 16)
     a = build_parser().parse_args(["bench", "roofline"])
-    assert a.quantize == ["none", "int8"]
+    assert a.quantize == ["none", "bf16", "int8"]
     a = build_parser().parse_args(["bench", "peer"])
-    assert (a.func, a.records, a.partitions, a.max_tokens, a.epsilon, a.corpus_records, a.pii) == (peer.cmd, 8, 8, 32, 3.0, 64, "off")
+    assert (a.func, a.records, a.partitions, a.max_tokens, a.epsilon, a.corpus_records, a.pii, a.quantize) == (
+        peer.cmd, 8, 8, 32, 3.0, 64, "off", ["none"])
+    assert build_parser().parse_args(["bench", "peer", "--quantize", "none", "bf16"]).quantize == ["none", "bf16"]
 
 
 def test_bench_engine_side_by_side(engine, int8_engine):

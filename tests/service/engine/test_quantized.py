@@ -1,6 +1,7 @@
 """The transformers engine with quantize="int8" (issue 26): its logits stay close to float32, it
 decodes in lock step through engine.run with a real MechanismSelector, and a private row's logits
 never depend on the other rows of its batch (the reason it is not torch.ao's quantize_dynamic).
+quantize="bf16" (bfloat16 weights and activations): close to float32 and decodes in lock step.
 
 The float32 reference is the session's `engine` fixture (tests/service/conftest.py); the int8
 engine is loaded once here, through PRIVTEXT_QUANTIZE=int8 (the environment route)."""
@@ -33,6 +34,13 @@ TEXTS = [
 # differences in the tens, a transposed weight garbage).
 MAX_ABS_DIFF = 6.0
 MAX_TV = 0.3
+# bfloat16 keeps 8 bits of mantissa: here max |logit difference| about 1 and total variation
+# about 0.1 (printed by the test); the same bounds as int8.
+
+
+@pytest.fixture(scope="module")
+def bf16_engine():
+    return loader.load_engine("transformers", quantize="bf16")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,43 @@ def test_logits_are_close_to_float32(int8_engine, engine):
     print(f"int8 vs float32: max |logit difference| {worst:.3f}, max total variation {worst_tv:.3f}")
     assert 0 < worst <= MAX_ABS_DIFF
     assert worst_tv <= MAX_TV
+
+
+def test_bf16_is_bfloat16_and_close_to_float32(bf16_engine, engine):
+    """Every weight is bfloat16; plain forwards of the same prompts keep float32's top token in
+    bf16's top 5, and the logits (handed to the selector as float32) stay close."""
+    import torch
+
+    assert (bf16_engine.quantize, bf16_engine.quantized_layers) == ("bf16", 0)
+    assert {p.dtype for p in bf16_engine.model.parameters()} == {torch.bfloat16}
+    worst, worst_tv = 0.0, 0.0
+    for i in range(len(TEXTS)):
+        ids = torch.tensor([list(prompt(engine, i))])
+        with torch.inference_mode():
+            a = engine.model(input_ids=ids).logits[0, -1].float().numpy()
+            b = bf16_engine.model(input_ids=ids).logits[0, -1].float().numpy()
+        assert np.isfinite(b).all()
+        worst = max(worst, float(np.abs(a - b).max()))
+        worst_tv = max(worst_tv, 0.5 * float(np.abs(_softmax(a) - _softmax(b)).sum()))
+        assert int(a.argmax()) in np.argsort(-b)[:5]
+    print(f"bf16 vs float32: max |logit difference| {worst:.3f}, max total variation {worst_tv:.3f}")
+    assert 0 < worst <= MAX_ABS_DIFF
+    assert worst_tv <= MAX_TV
+
+
+def test_bf16_decodes_in_lock_step(bf16_engine):
+    """engine.run with a MechanismSelector hands float32 logits over and every group decodes
+    its max_tokens; the same seed gives the same tokens."""
+    public = bf16_engine.encode_chat("Write one text message.")
+    groups = [GroupRequest(0, (prompt(bf16_engine, 0), prompt(bf16_engine, 1)), public, 5, ignore_eos=True),
+              GroupRequest(1, (prompt(bf16_engine, 2),), public, 3, ignore_eos=True)]
+    spy = Forced(selector(seed=3), [int(bf16_engine.tokenizer.encode(" ok", add_special_tokens=False)[0])])
+    a = {r.group_id: r.token_ids for r in bf16_engine.run(groups, spy)}
+    assert {g: len(t) for g, t in a.items()} == {0: 5, 1: 3}
+    assert all(priv.dtype == np.float32 and pub.dtype == np.float32 for _, priv, _, pub in spy.blocks)
+    b = {r.group_id: r.token_ids for r in bf16_engine.run(groups, selector(seed=3))}
+    c = {r.group_id: r.token_ids for r in bf16_engine.run(groups, selector(seed=3))}
+    assert b == c
 
 
 def test_lock_step_decoding_with_a_real_selector(int8_engine):
@@ -196,7 +241,7 @@ def test_option_checks(monkeypatch):
     transformers engine, and vLLM refuses it (before importing vllm)."""
     from service.engine import transformers_backend as tb
 
-    with pytest.raises(ValueError, match="quantize .* must be one of none, int8, got 'int4'"):
+    with pytest.raises(ValueError, match="quantize .* must be one of none, bf16, int8, got 'int4'"):
         tb.check_quantize("int4", "cpu")
     with pytest.raises(ValueError, match="CPU option"):
         tb.check_quantize("int8", "cuda")

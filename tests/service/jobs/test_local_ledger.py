@@ -82,3 +82,16 @@ def test_spending_in_the_earlier_local_ledger_carries_over(engine, tmp_path, mon
     report = run(engine, tmp_path, "b")
     assert report["corpus_ledger"]["epsilon_cap"] == 5.0 and report["corpus_ledger"]["entries"] == 2
     assert report["corpus_ledger"]["epsilon_spent"] > report["epsilon"]  # the earlier 0.5 zCDP composed with this run
+
+
+def test_a_model_that_cannot_load_charges_nothing(engine, tmp_path):
+    """The engine loads in a thread beside the store's work, and is waited for before the
+    reservation: a model that fails to load leaves the corpus's ledger untouched."""
+    corpus(tmp_path / "corpus.jsonl")
+    with pytest.raises(Exception, match="nonexistent"):
+        run_generate(GenerateSpec(input=tmp_path / "corpus.jsonl", records=2, max_tokens=3, delta=1e-3, partitions=4,
+                                  public_count=60, pii="off", epsilon=2.0, model=str(tmp_path / "nonexistent"),
+                                  out=tmp_path / "x.jsonl"))
+    assert not (tmp_path / "x.jsonl").exists()
+    after = run(engine, tmp_path, "a")
+    assert after["corpus_ledger"]["entries"] == 1  # only this run's reservation

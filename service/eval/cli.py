@@ -29,7 +29,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 _FLAGS = ("datasets", "epsilons", "mechanisms", "records", "max_tokens", "partitions", "temperature", "top_k", "top_k_plus", "pe_iterations",
-          "pe_population", "template", "train_rows", "test_rows", "seed")
+          "pe_population", "template", "train_rows", "test_rows", "seed", "quantize")
 
 
 def _sweep(text: str) -> tuple[str, tuple[float, ...]]:
@@ -146,6 +146,8 @@ def add_parser(sub) -> None:
     """Register `eval` on the top-level subparsers object."""
     from mechanisms.registry import names as mechanism_names
 
+    from ..engine.transformers_backend import QUANTIZE_CHOICES
+
     p = sub.add_parser("eval", help="utility of DP synthetic data on real labelled corpora: train on synthetic, test on real")
     p.add_argument("--out", required=True, help="folder for records, results.json, report.md and plots (a rerun resumes)")
     p.add_argument("--fast", action="store_true", help="the CI subset: sms-spam, epsilon 3 and inf, em, 16 records of 12 tokens")
@@ -168,6 +170,8 @@ def add_parser(sub) -> None:
                         "(default: each dataset's own)")
     p.add_argument("--train-rows", type=int, default=None, help="cap on private train rows (default: the whole 80%% split)")
     p.add_argument("--test-rows", type=int, default=None, help="cap on held-out test rows (default: 500)")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                   help="the engine's precision: none (float32), bf16 or int8 (transformers; default: none)")
     p.add_argument("--seed", type=int, default=None, help="split, groups and mechanism randomness (default: 0)")
     p.add_argument("--seeds", type=_ints, default=None,
                    help="run the grid once per seed, each into OUT/seed-<k>, and report the mean over seeds with the spread")

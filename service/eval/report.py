@@ -37,6 +37,7 @@ REFERENCE = {
     "real": {"color": "C5", "ls": "--", "lw": 1},
     "majority": {"color": "grey", "ls": ":", "lw": 1},
 }
+_PRECISION = {"none": "float32", "bf16": "bfloat16", "int8": "int8 linear layers"}  # EvalSettings.quantize, as the report says it
 GOAL_EPSILON = 3.0
 GOAL_RATIO = 0.9  # the aim: at epsilon 3, >= 90% of the non-private pipeline's accuracy
 
@@ -165,7 +166,7 @@ def markdown(results: dict, command: str, plots: list[str]) -> str:
         "",
         f"Settings: {s['records']} synthetic records per cell, N = {s['partitions']}, temperature {s['temperature']:g}, "
         f"top-k {s['top_k']}{'' if s.get('top_k_plus', True) else ' (em: the public top-k, not top-k+)'}, delta {s['delta']:g}, {seeding}, max tokens "
-        f"{s['max_tokens'] if s['max_tokens'] else 'per dataset'}, template {s.get('template') or 'per dataset'}; classifiers trained on each training set and "
+        f"{s['max_tokens'] if s['max_tokens'] else 'per dataset'}, template {s.get('template') or 'per dataset'}, model precision {_PRECISION[s.get('quantize', 'none')]}; classifiers trained on each training set and "
         "scored on the real held-out test part. Balanced accuracy (mean recall per label) is the headline"
         f"{'' if seeds else ', plain accuracy in brackets'}: the synthetic sets are label-balanced by request, the real test parts are not. `real` = the same classifiers trained on as many real train rows "
         "(same label counts) as the non-private cell produced; `majority` = always the most common train label. "

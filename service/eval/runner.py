@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mechanisms.registry import names as mechanism_names
 
 from ..data.packaged import load, split
+from ..engine.transformers_backend import QUANTIZE_CHOICES, QUANTIZE_ENV
 from ..generation.prompts import PACKAGED, Template
 from . import scores
 
@@ -71,7 +73,7 @@ def methods() -> tuple[str, ...]:
 
 # EvalSettings fields added after eval folders had been written (a folder's settings.json
 # without one ran at its default). Not `seed`: a --seeds folder leaves it out on purpose.
-ADDED_LATER = ("top_k_plus", "pe_iterations", "pe_population")
+ADDED_LATER = ("top_k_plus", "pe_iterations", "pe_population", "quantize")
 GRID = ("datasets", "epsilons", "mechanisms")  # the EvalSettings fields that only choose which cells run
 
 
@@ -96,6 +98,14 @@ class EvalSettings(BaseModel):
     test_rows: int = Field(default=500, ge=10)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     seed: int = 0
+    quantize: str = "none"  # the engine's precision (service/engine/transformers_backend.py QUANTIZE_CHOICES)
+
+    @field_validator("quantize")
+    @classmethod
+    def _quantize(cls, v):
+        if v not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {v!r}")
+        return v
 
     @field_validator("datasets")
     @classmethod
@@ -302,6 +312,10 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
     generate=False scores only the cells already finished (a report of a run cut short)."""
     from .embed import embed
 
+    env = os.environ.get(QUANTIZE_ENV)
+    if engine is None and env and env != s.quantize:
+        raise ValueError(f"quantize: {QUANTIZE_ENV}={env} is set but the settings say {s.quantize!r}; an eval takes its precision "
+                         "from --quantize, which its results record")
     wanted = json.loads(s.model_dump_json())
     claim_folder(out, wanted)
 
@@ -335,7 +349,9 @@ def run_eval(s: EvalSettings, out: Path, engine=None, say: Callable[[str], None]
             if engine is None:
                 from ..engine.loader import load_engine
 
-                engine = load_engine("transformers", progress=say)
+                engine = load_engine("transformers", progress=say, quantize=s.quantize)
+            if getattr(engine, "quantize", "none") != s.quantize:
+                raise ValueError(f"quantize: the engine given runs {getattr(engine, 'quantize', 'none')!r}, the settings say {s.quantize!r}")
             say(f"{name} {cell}: generating {s.records} records" + (" (no privacy: the layout is planned at epsilon 10, "
                 "the selection is the non-private average)" if math.isinf(epsilon) else ""))
             t0 = time.time()

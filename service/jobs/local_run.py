@@ -16,7 +16,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mechanisms import JobRandomness, Plan
@@ -74,22 +73,18 @@ def run_generate(spec: GenerateSpec, engine: Engine | None = None, progress: Cal
     digest = file_digest(spec.input)
     randomness = run_randomness(spec, digest)
     request = job_request(spec)
-    # The engine and the PII filter (seconds each) load in threads beside the store's work instead
-    # of one after the other; both are ready before the reservation, so a filter or model that
-    # cannot load charges nothing.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="privtext-load") as loads:
-        engine_ready = None
-        if engine is None:
-            from ..engine.loader import load_engine
+    # The PII filter and the engine load before the reservation, so one that cannot load charges
+    # nothing. (Loading them in threads beside each other and the store's work was measured: no
+    # gain on 2 cores, since both loads are mostly Python imports holding the GIL.)
+    records = RecordFilter(spec.pii, say)
+    if engine is None:
+        from ..engine.loader import load_engine
 
-            engine_ready = loads.submit(load_engine, spec.engine, spec.model, progress=say)
-        records_ready = loads.submit(RecordFilter, spec.pii, say)
-        with local_store(spec.local_ledger) as (store, path):
-            info = corpus_dataset(store, corpus, digest, epsilon_cap=spec.epsilon_cap, delta=spec.delta, public_count=spec.public_count,
-                                  keep=spec.local_ledger)
-            records = records_ready.result()
-            engine = engine if engine_ready is None else engine_ready.result()
-            prep, ledger, histogram = _prepare(spec, store, info.id, digest, path, request, engine, randomness, say)
+        engine = load_engine(spec.engine, spec.model, progress=say)
+    with local_store(spec.local_ledger) as (store, path):
+        info = corpus_dataset(store, corpus, digest, epsilon_cap=spec.epsilon_cap, delta=spec.delta, public_count=spec.public_count,
+                              keep=spec.local_ledger)
+        prep, ledger, histogram = _prepare(spec, store, info.id, digest, path, request, engine, randomness, say)
     p = prep.plan
 
     selector = None

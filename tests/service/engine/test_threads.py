@@ -1,7 +1,6 @@
 """The transformers engine decodes with its own thread count in whichever thread calls it.
-Under OpenMP torch.set_num_threads holds for the calling thread: `privtext generate` loads the
-engine in a worker thread (beside the PII filter) and decodes in the main one, and the server
-decodes in executor threads. Run in a fresh interpreter: an in-process vLLM engine (the contract
+Under OpenMP torch.set_num_threads holds for the calling thread, and the server loads its engine
+in one thread and decodes in others. Run in a fresh interpreter: an in-process vLLM engine (the contract
 tests) pins the OpenMP threads of the whole process."""
 
 from __future__ import annotations

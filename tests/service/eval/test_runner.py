@@ -32,6 +32,7 @@ TINY_FLAGS = ["--datasets", "sms-spam", "--epsilons", "3,inf", "--records", "4",
         ("records", 2, "greater than or equal to 4"),
         ("test_rows", 5, "greater than or equal to 10"),
         ("template", "no-such-template.toml", "neither a packaged template"),
+        ("quantize", "int4", "quantize must be one of none, bf16, int8"),
     ],
 )
 def test_settings_name_the_bad_field(field, value, message):
@@ -143,6 +144,7 @@ def test_report_and_plots(tiny_run, capsys):
     assert "| em | 3.0 |" in report and "| no privacy | inf |" in report and "## Verdicts" in report
     assert "| pe | 3.0 |" in report and "| DP-trained (diffprivlib) | 3.0 | 200 |" in report
     assert "## Private Evolution, private decoding and the DP-trained classifier" in report
+    assert "model precision float32;" in report
     for png in ("accuracy.png", "frechet.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -172,6 +174,22 @@ def test_fast_mode_is_the_documented_subset_and_runs_end_to_end(tmp_path, capsys
 def test_cli_names_the_bad_flag(tmp_path, capsys):
     assert main(["eval", "--out", str(tmp_path), "--mechanisms", "em,nope"]) == 2
     assert "mechanisms" in capsys.readouterr().err
+
+
+def test_the_environment_cannot_change_the_precision_behind_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVTEXT_QUANTIZE", "int8")
+    with pytest.raises(ValueError, match="PRIVTEXT_QUANTIZE=int8 is set but the settings say 'none'"):
+        run_eval(EvalSettings(**TINY), tmp_path)
+    assert not (tmp_path / "settings.json").exists()
+
+
+def test_the_engine_must_run_the_precision_the_settings_name(tmp_path, engine):
+    """--quantize is recorded with the settings (the report names the precision), and an engine
+    handed in at another precision is refused before any cell is generated."""
+    with pytest.raises(ValueError, match="quantize: the engine given runs 'none', the settings say 'bf16'"):
+        run_eval(EvalSettings(**TINY, quantize="bf16"), tmp_path, engine=engine)
+    assert json.loads((tmp_path / "settings.json").read_text())["quantize"] == "bf16"
+    assert not list((tmp_path / "sms-spam").glob("*-eps*.json"))
 
 
 def test_a_resumed_folder_whose_train_part_differs_is_refused(tiny_run, tmp_path, engine):
@@ -242,7 +260,7 @@ def test_template_flag_reaches_generation_and_the_report(tiny_run, tmp_path, cap
     assert main(["eval", "--out", str(tmp_path), *flags]) == 0
     assert json.loads((tmp_path / "sms-spam" / "em-eps3.json").read_text())["template"] == "default"
     report = (tmp_path / "report.md").read_text()
-    assert "template default;" in report and "--template default" in report
+    assert "template default, model precision float32;" in report and "--template default" in report
     assert main(["eval", "--out", str(out), *flags, "--report-only"]) == 2
     assert "other settings (template differ" in capsys.readouterr().err
     assert json.loads((out / "sms-spam" / "em-eps3.json").read_text())["template"] == "sms-spam"

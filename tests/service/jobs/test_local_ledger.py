@@ -85,8 +85,8 @@ def test_spending_in_the_earlier_local_ledger_carries_over(engine, tmp_path, mon
 
 
 def test_a_model_that_cannot_load_charges_nothing(engine, tmp_path):
-    """The engine loads in a thread beside the store's work, and is waited for before the
-    reservation: a model that fails to load leaves the corpus's ledger untouched."""
+    """The engine loads before the reservation: a model that fails to load leaves the corpus's
+    ledger untouched."""
     corpus(tmp_path / "corpus.jsonl")
     with pytest.raises(Exception, match="nonexistent"):
         run_generate(GenerateSpec(input=tmp_path / "corpus.jsonl", records=2, max_tokens=3, delta=1e-3, partitions=4,

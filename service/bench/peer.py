@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,15 +179,7 @@ def bench_peer(
         if tmp is not None:
             tmp.cleanup()
 
-    def med(side: str, key: str) -> float | None:
-        vals = sorted(r[key] for r in runs.get(side, []))
-        return vals[len(vals) // 2] if vals else None
-
     first = sides[0][0]
-    ratios = {}
-    for name, kind, _ in sides:
-        if kind == "privtext" and med(_against(name), "tokens_per_second"):
-            ratios[name] = {"against": _against(name), "ratio": med(name, "tokens_per_second") / med(_against(name), "tokens_per_second")}
     d = {
         "benchmark": "peer",
         "settings": settings,
@@ -196,15 +189,33 @@ def bench_peer(
         "peer_python": str(python),
         "peer_installed": installed,
         "peer_found": found,
-        "privtext_tokens_per_second": med(first, "tokens_per_second"),
-        "privtext_wall_seconds": med(first, "wall_seconds"),
-        "peer_tokens_per_second": med("peer", "tokens_per_second"),
-        "peer_wall_seconds": med("peer", "wall_seconds"),
-        "ratios": ratios,
         "runs": runs,
+        **summarize(runs),
     }
-    d["ratio"] = ratios[first]["ratio"] if first in ratios else None
+    d["privtext_tokens_per_second"] = d["medians"][first]["tokens_per_second"]
+    d["privtext_wall_seconds"] = d["medians"][first]["wall_seconds"]
+    d["peer_tokens_per_second"] = d["medians"].get("peer", {}).get("tokens_per_second")
+    d["peer_wall_seconds"] = d["medians"].get("peer", {}).get("wall_seconds")
+    d["ratio"] = d["ratios"][first]["ratio"] if first in d["ratios"] else None
     return d
+
+
+MEDIANS = ("wall_seconds", "records", "tokens", "tokens_per_second", "startup_seconds", "generate_seconds")
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Per side the median of each measure over its runs (the mean of the middle two for an
+    even count), and each privtext side's ratio of median tokens/s to its peer side's."""
+    medians = {}
+    for side, rs in runs.items():
+        if rs:
+            medians[side] = {k: statistics.median(r[k] for r in rs) for k in MEDIANS if all(r.get(k) is not None for r in rs)}
+    ratios = {}
+    for side, m in medians.items():
+        against = _against(side)
+        if side.startswith("privtext") and against in medians:
+            ratios[side] = {"against": against, "ratio": m["tokens_per_second"] / medians[against]["tokens_per_second"]}
+    return {"medians": medians, "ratios": ratios}
 
 
 def format_peer(d: dict) -> str:
@@ -217,22 +228,19 @@ def format_peer(d: dict) -> str:
     ]
     head = f"{'side':<14} {'wall s':>8} {'records':>7} {'tokens':>6} {'tokens/s':>9}  notes"
     lines += [head, "-" * len(head)]
-    for side, runs in d["runs"].items():
-        if not runs:
+    for side in d["runs"]:
+        m = d["medians"].get(side)
+        if m is None:
             lines.append(f"{side:<14} {'-':>8} {'-':>7} {'-':>6} {'-':>9}  not installed: {d['peer_found']}")
             continue
-        mid = sorted(runs, key=lambda r: r["tokens_per_second"])[len(runs) // 2]
-        note = (f"start-up {mid['startup_seconds']:.1f} s" if side.startswith("privtext") and mid.get("startup_seconds") is not None
-                else f"{d['peer_found']}, its generate() {mid['generate_seconds']:.1f} s" if side.startswith("peer") else "")
-        lines.append(f"{side:<14} {mid['wall_seconds']:>8.1f} {mid['records']:>7} {mid['tokens']:>6} {mid['tokens_per_second']:>9.2f}  {note}")
+        note = (f"start-up {m['startup_seconds']:.1f} s" if "startup_seconds" in m
+                else f"{d['peer_found']}, its generate() {m['generate_seconds']:.1f} s" if "generate_seconds" in m else "")
+        lines.append(f"{side:<14} {m['wall_seconds']:>8.1f} {m['records']:>7g} {m['tokens']:>6g} {m['tokens_per_second']:>9.2f}  {note}")
     lines.append("tokens/s = synthetic tokens released / whole-process wall seconds (start to exit, model load included)")
-    if d["ratios"]:
-        for side, r in d["ratios"].items():
-            mine = d["runs"][side]
-            lines.append(f"{side} / {r['against']} = {sorted(x['tokens_per_second'] for x in mine)[len(mine) // 2]:.2f} / "
-                         f"{sorted(x['tokens_per_second'] for x in d['runs'][r['against']])[len(d['runs'][r['against']]) // 2]:.2f} "
-                         f"= {r['ratio']:.2f}x")
-    else:
+    for side, r in d["ratios"].items():
+        lines.append(f"{side} / {r['against']} = {d['medians'][side]['tokens_per_second']:.2f} / "
+                     f"{d['medians'][r['against']]['tokens_per_second']:.2f} = {r['ratio']:.2f}x")
+    if not d["ratios"]:
         lines.append(f"the peer is not installed ({d['peer_found']}): no ratio; bash scripts/peer-venv installs it in its own venv")
     return "\n".join(lines)
 

@@ -56,3 +56,18 @@ def test_side_by_side(tmp_path):
     assert d["runs"]["peer"][0]["records"] == 1 and d["runs"]["peer"][0]["tokens"] > 0
     assert d["ratio"] == pytest.approx(d["privtext_tokens_per_second"] / d["peer_tokens_per_second"])
     assert "privtext / peer" in peer.format_peer(d)
+
+
+def test_summary_takes_medians_and_pairs_like_with_like():
+    """Two runs a side: the median is their mean (not the faster one); bf16 is compared with the
+    peer in bfloat16, float32 and int8 with the peer in float32."""
+    run = lambda tps, wall: {"wall_seconds": wall, "records": 8, "tokens": tps * wall, "tokens_per_second": tps}  # noqa: E731
+    runs = {"privtext": [run(10.0, 20.0), run(14.0, 18.0)], "privtext bf16": [run(20.0, 10.0)], "privtext int8": [run(12.0, 15.0)],
+            "peer": [run(4.0, 60.0), run(2.0, 70.0)], "peer bf16": [run(5.0, 50.0)]}
+    s = peer.summarize(runs)
+    assert s["medians"]["privtext"]["tokens_per_second"] == 12.0 and s["medians"]["peer"]["wall_seconds"] == 65.0
+    assert {k: (r["against"], r["ratio"]) for k, r in s["ratios"].items()} == {
+        "privtext": ("peer", 4.0), "privtext bf16": ("peer bf16", 4.0), "privtext int8": ("peer", 4.0)}
+    assert peer.side_names(["none", "bf16"], installed=True) == [
+        ("privtext", "privtext", "none"), ("privtext bf16", "privtext", "bf16"), ("peer", "peer", "float32"), ("peer bf16", "peer", "bfloat16")]
+    assert peer.side_names(["int8"], installed=False) == [("privtext int8", "privtext", "int8")]

@@ -94,9 +94,9 @@ def test_the_option_is_selected_and_every_linear_layer_is_int8(int8_engine, engi
     assert not [n for n, m in int8_engine.model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
-def test_logits_are_close_to_float32(int8_engine, engine):
-    """A plain forward of the same prompts: the int8 logits are close to float32's and keep the
-    top of the distribution (float32's top token is in int8's top 5)."""
+def close_to_float32(other, engine, name: str) -> None:
+    """Plain forwards of the same prompts: `other`'s logits are close to float32's and keep the
+    top of the distribution (float32's top token is in other's top 5)."""
     import torch
 
     worst, worst_tv = 0.0, 0.0
@@ -104,36 +104,27 @@ def test_logits_are_close_to_float32(int8_engine, engine):
         ids = torch.tensor([list(prompt(engine, i))])
         with torch.inference_mode():
             a = engine.model(input_ids=ids).logits[0, -1].float().numpy()
-            b = int8_engine.model(input_ids=ids).logits[0, -1].float().numpy()
+            b = other.model(input_ids=ids).logits[0, -1].float().numpy()
         assert np.isfinite(b).all()
         worst = max(worst, float(np.abs(a - b).max()))
         worst_tv = max(worst_tv, 0.5 * float(np.abs(_softmax(a) - _softmax(b)).sum()))
         assert int(a.argmax()) in np.argsort(-b)[:5]
-    print(f"int8 vs float32: max |logit difference| {worst:.3f}, max total variation {worst_tv:.3f}")
+    print(f"{name} vs float32: max |logit difference| {worst:.3f}, max total variation {worst_tv:.3f}")
     assert 0 < worst <= MAX_ABS_DIFF
     assert worst_tv <= MAX_TV
 
 
+def test_logits_are_close_to_float32(int8_engine, engine):
+    close_to_float32(int8_engine, engine, "int8")
+
+
 def test_bf16_is_bfloat16_and_close_to_float32(bf16_engine, engine):
-    """Every weight is bfloat16; plain forwards of the same prompts keep float32's top token in
-    bf16's top 5, and the logits (handed to the selector as float32) stay close."""
+    """Every weight is bfloat16, and the logits (handed to the selector as float32) stay close."""
     import torch
 
     assert (bf16_engine.quantize, bf16_engine.quantized_layers) == ("bf16", 0)
     assert {p.dtype for p in bf16_engine.model.parameters()} == {torch.bfloat16}
-    worst, worst_tv = 0.0, 0.0
-    for i in range(len(TEXTS)):
-        ids = torch.tensor([list(prompt(engine, i))])
-        with torch.inference_mode():
-            a = engine.model(input_ids=ids).logits[0, -1].float().numpy()
-            b = bf16_engine.model(input_ids=ids).logits[0, -1].float().numpy()
-        assert np.isfinite(b).all()
-        worst = max(worst, float(np.abs(a - b).max()))
-        worst_tv = max(worst_tv, 0.5 * float(np.abs(_softmax(a) - _softmax(b)).sum()))
-        assert int(a.argmax()) in np.argsort(-b)[:5]
-    print(f"bf16 vs float32: max |logit difference| {worst:.3f}, max total variation {worst_tv:.3f}")
-    assert 0 < worst <= MAX_ABS_DIFF
-    assert worst_tv <= MAX_TV
+    close_to_float32(bf16_engine, engine, "bf16")
 
 
 def test_bf16_decodes_in_lock_step(bf16_engine):

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from mechanisms.pe import PePlan, noisy_histogram, vote_histogram
 
-from .tokens import ALPHA, AUDIT_EPS_GRID, gaussian_delta, gaussian_epsilon, gaussian_mu_for, mu_lower_bound, profile_excess
+from .tokens import ALPHA, AUDIT_EPS_GRID, Verdict, gaussian_delta, gaussian_epsilon, gaussian_mu_for, mu_lower_bound, profile_excess
 
 Votes = Callable[..., np.ndarray]  # vote_histogram's signature: (record embeddings, record units, candidate embeddings) -> counts
 Release = Callable[[np.ndarray, float, float, np.random.Generator], np.ndarray]  # noisy_histogram's signature
@@ -105,7 +105,7 @@ def draw_releases(h: np.ndarray, plan: PePlan, draws: int, rng: np.random.Genera
 
 
 @dataclass(frozen=True)
-class HistogramAudit:
+class HistogramAudit(Verdict):
     """pe's audit: the worst of its cases (see the module docstring for the definitions)."""
 
     claimed_epsilon: float  # eps at delta of mu_claimed = sqrt(T) / sigma
@@ -122,17 +122,6 @@ class HistogramAudit:
     mu_lower: float
     mu_point: float
     cases: list = field(default_factory=list)  # per case: name, mu_lower, mu_point, epsilon figures, the profile
-
-    @property
-    def passed(self) -> bool:
-        return self.empirical_epsilon <= self.claimed_epsilon
-
-    @property
-    def tightness(self) -> float:
-        return self.empirical_point / self.claimed_epsilon if self.claimed_epsilon > 0 else math.inf
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed, "tightness": self.tightness}
 
 
 def audit_pe(

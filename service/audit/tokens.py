@@ -310,8 +310,29 @@ def exact_above(cfg: DecodingConfig, n_rows: int) -> float:
 # The audit of one mechanism
 
 
+class Verdict:
+    """The verdict of an audit result with claimed_epsilon, empirical_epsilon (a lower
+    confidence bound) and empirical_point fields: every audit passes or fails by the same rule."""
+
+    claimed_epsilon: float
+    empirical_epsilon: float
+    empirical_point: float
+
+    @property
+    def passed(self) -> bool:
+        return self.empirical_epsilon <= self.claimed_epsilon
+
+    @property
+    def tightness(self) -> float:
+        """Point estimate over the claim: how close the crafted inputs come to it."""
+        return self.empirical_point / self.claimed_epsilon if self.claimed_epsilon > 0 else math.inf
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed, "tightness": self.tightness}
+
+
 @dataclass(frozen=True)
-class TokenAudit:
+class TokenAudit(Verdict):
     """One mechanism's per-token audit (see the module docstring for the definitions)."""
 
     mechanism: str
@@ -325,18 +346,6 @@ class TokenAudit:
     alpha: float
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.empirical_epsilon <= self.claimed_epsilon
-
-    @property
-    def tightness(self) -> float:
-        """Point estimate over the claim: how close the crafted inputs come to it."""
-        return self.empirical_point / self.claimed_epsilon if self.claimed_epsilon > 0 else math.inf
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed, "tightness": self.tightness}
 
 
 def claimed_epsilon(cfg: DecodingConfig, delta: float) -> float:

@@ -334,6 +334,15 @@ def format_result(d: dict) -> str:
     return "\n".join(lines)
 
 
+def check_variants(variants: Sequence[str]) -> list[str]:
+    """The engine precisions a benchmark compares (the transformers engine's quantize values):
+    at least one, each known, none twice; the first is the base of the ratios."""
+    variants = list(variants)
+    if not variants or len(set(variants)) != len(variants) or any(v not in QUANTIZE_CHOICES for v in variants):
+        raise ValueError(f"quantize must be distinct values among {', '.join(QUANTIZE_CHOICES)}, got {variants}")
+    return variants
+
+
 def bench_side_by_side(variants: Sequence[str], repeats: int = 1, progress: Callable[[str], None] | None = None,
                        engines: dict | None = None, **kw) -> dict:
     """bench_engine for each quantize variant of the transformers engine in one process: every
@@ -342,8 +351,7 @@ def bench_side_by_side(variants: Sequence[str], repeats: int = 1, progress: Call
     from ..engine.loader import load_engine
 
     say = progress or (lambda _m: None)
-    if not variants or len(set(variants)) != len(variants) or any(v not in QUANTIZE_CHOICES for v in variants):
-        raise ValueError(f"quantize must be distinct values among {', '.join(QUANTIZE_CHOICES)}, got {list(variants)}")
+    variants = check_variants(variants)
     _check_args(kw.get("partitions", 8), kw.get("groups", 16), kw.get("max_tokens", 32), repeats)
     loaded = {}
     for v in variants:

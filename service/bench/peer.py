@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..engine.transformers_backend import QUANTIZE_CHOICES, QUANTIZE_ENV
+from .engine import check_variants
 
 PEER_ENV = "PRIVTEXT_PEER_PYTHON"
 DEFAULT_PEER = Path(".venv-peer") / "bin" / "python"
@@ -147,9 +148,7 @@ def bench_peer(
     if records * partitions > corpus_records:
         raise ValueError(f"records x partitions ({records * partitions}) must be at most corpus_records ({corpus_records}): "
                          "the peer gives every record its own N texts")
-    quantize = list(quantize)
-    if not quantize or len(set(quantize)) != len(quantize) or any(v not in QUANTIZE_CHOICES for v in quantize):
-        raise ValueError(f"quantize must be distinct values among {', '.join(QUANTIZE_CHOICES)}, got {quantize}")
+    quantize = check_variants(quantize)
     say = progress or (lambda _m: None)
     settings = {"records": records, "partitions": partitions, "max_tokens": max_tokens, "epsilon": epsilon, "delta": delta,
                 "top_k": top_k, "corpus_records": corpus_records, "pii": pii, "dataset": "sms-spam"}

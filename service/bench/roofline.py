@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..engine.transformers_backend import QUANTIZE_CHOICES as VARIANTS
-from .engine import STARVED, build_groups, corpus_texts, measure
+from .engine import STARVED, build_groups, check_variants, corpus_texts, measure
 
 
 def model_flops(config) -> dict:
@@ -101,9 +101,7 @@ def _check(partitions: int, groups: int, max_tokens: int, repeats: int, matmul_r
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be >= 2 (the decode steps come after the first token), got {max_tokens}")
-    bad = [v for v in variants if v not in VARIANTS]
-    if not variants or bad or len(set(variants)) != len(variants):
-        raise ValueError(f"quantize must be distinct values among {', '.join(VARIANTS)}, got {list(variants)}")
+    check_variants(variants)
 
 
 def bench_roofline(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from service.api.auth import hash_key
 from service.api.gen.privtext.v1 import datasets_pb2, datasets_pb2_grpc, generation_pb2, generation_pb2_grpc
@@ -31,6 +33,18 @@ SMS = [
     "Had your mobile 11 months or more? U R entitled to Update to the latest colour mobiles with camera",
     "I've been searching for the right words to thank you for this breather. I promise i wont take your help",
 ]
+
+
+def quota(err: grpc.RpcError) -> list[error_details_pb2.QuotaFailure.Violation]:
+    """The QuotaFailure violations in a refusal's rich status (read off the wire, not through the
+    client library)."""
+    st = rpc_status.from_call(err)
+    out = []
+    for d in st.details if st else ():
+        q = error_details_pb2.QuotaFailure()
+        if d.Unpack(q):
+            out.extend(q.violations)
+    return out
 
 
 def corpus(n: int = 48) -> list[dict]:

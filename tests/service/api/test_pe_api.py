@@ -11,9 +11,7 @@ import uuid
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from server_kit import corpus, request
+from server_kit import corpus, quota, request
 
 from mechanisms.pe import plan_pe
 from service.api.gen.privtext.v1 import generation_pb2
@@ -69,16 +67,6 @@ def test_pe_generate_reserves_t_gaussian_events_before_any_candidate(server, acm
     out = list(decode(prep, state.engine, admission, RecordFilter("off")))
     assert 1 <= len(out) <= 2 and engine.stats.groups_finished > before
     assert len(state.store.ledger_rows("acme", ds.id)) == 3  # running it charged nothing more
-
-
-def quota(err: grpc.RpcError) -> list:
-    st = rpc_status.from_call(err)
-    out = []
-    for d in st.details if st else ():
-        q = error_details_pb2.QuotaFailure()
-        if d.Unpack(q):
-            out.extend(q.violations)
-    return out
 
 
 def test_pe_over_budget_is_refused_before_anything_is_drawn_or_charged(acme, engine):

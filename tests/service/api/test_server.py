@@ -9,27 +9,15 @@ import urllib.request
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from service.api.gen.privtext.v1 import datasets_pb2, generation_pb2
 
-from server_kit import Client, corpus, request
+from server_kit import Client, corpus, quota, request
 
 
 def status_of(call: grpc.RpcError):
     return call.code(), call.details()
-
-
-def quota(err: grpc.RpcError) -> list[error_details_pb2.QuotaFailure.Violation]:
-    st = rpc_status.from_call(err)
-    out = []
-    for d in st.details if st else ():
-        q = error_details_pb2.QuotaFailure()
-        if d.Unpack(q):
-            out.extend(q.violations)
-    return out
 
 
 def test_upload_generate_and_the_budget_drops_by_the_plan(acme):
